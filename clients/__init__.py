@@ -1,0 +1,1 @@
+"""Clients of the realtime server: browser demo, Python client, load generator."""

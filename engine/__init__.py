@@ -1,0 +1,1 @@
+"""Step-Audio 2 LLM side: config, tokens, prompt format, audio encoder, vLLM plugin, engines."""

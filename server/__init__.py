@@ -1,0 +1,1 @@
+"""Realtime gateway: OpenAI Realtime protocol, sessions, VAD, barge-in, REST and metrics."""
