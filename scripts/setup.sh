@@ -27,12 +27,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # --- a venv built from a lock, rebuilt only when the lock changes ------------------------------
-# $1 venv dir, $2 lock file, $3 extra command run inside the venv after the lock
+# $1 venv dir, $2 lock file
 build_venv() {
-  local dir=$1 lock=$2 extra=${3:-}
-  local stamp="$dir/.lock-sha256"
-  local want
-  want=$(cat "$lock" pyproject.toml | sha256sum | cut -d' ' -f1)
+  local dir=$1 lock=$2
+  local stamp="$dir/.lock-sha256" want
+  want=$(sha256sum "$lock" | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
@@ -43,11 +42,18 @@ build_venv() {
   # --no-deps: the lock is complete; resolving again would pull CUDA wheels (torchaudio, triton,
   # torchvision, torchcodec) that break `import vllm` on the CPU.
   "$dir/bin/python" -m pip install -q --no-deps -r "$lock"
-  if [ -n "$extra" ]; then (cd "$root" && eval "$extra"); fi
   echo "$want" > "$stamp"
 }
 
-build_venv .venv requirements/cpu.lock \
-  ".venv/bin/python -m pip install -q --no-deps --no-build-isolation -e ."
-build_venv .venv-oracle requirements/oracle.lock ""
-say "ready: .venv ($(.venv/bin/python -c 'import torch, vllm; print("torch", torch.__version__, "vllm", vllm.__version__)' 2>/dev/null))"
+build_venv .venv requirements/cpu.lock
+build_venv .venv-oracle requirements/oracle.lock
+
+# The project itself, editable; redone when pyproject.toml (entry points, packages) changes.
+stamp=.venv/.project-sha256
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  say "installing the project into .venv (editable)"
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  echo "$want" > "$stamp"
+fi
+say "ready: $(.venv/bin/python -c 'import torch, vllm; print("torch", torch.__version__, "vllm", vllm.__version__)' 2>/dev/null)"
