@@ -27,25 +27,29 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # --- a venv built from a lock, rebuilt only when the lock changes ------------------------------
-# $1 venv dir, $2 lock file
+# $1 venv dir, then the lock files
 build_venv() {
-  local dir=$1 lock=$2
+  local dir=$1; shift
   local stamp="$dir/.lock-sha256" want
-  want=$(sha256sum "$lock" | cut -d' ' -f1)
+  want=$(cat "$@" | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  say "building $dir from $lock (a few minutes the first time)"
+  say "building $dir from $* (a few minutes the first time)"
   rm -rf "$dir"
   "$PY" -m venv "$dir"
   "$dir/bin/python" -m pip install -q --upgrade "pip>=24" >/dev/null
   # --no-deps: the lock is complete; resolving again would pull CUDA wheels (torchaudio, triton,
   # torchvision, torchcodec) that break `import vllm` on the CPU.
-  "$dir/bin/python" -m pip install -q --no-deps -r "$lock"
+  local lock
+  for lock in "$@"; do
+    # (the machine's local package index prints a warning per package it does not hold)
+    "$dir/bin/python" -m pip install -q --no-deps -r "$lock" 2> >(grep -v "^WARNING: Location" >&2)
+  done
   echo "$want" > "$stamp"
 }
 
-build_venv .venv requirements/cpu.lock
+build_venv .venv requirements/cpu.lock requirements/dev.lock
 build_venv .venv-oracle requirements/oracle.lock
 
 # The project itself, editable; redone when pyproject.toml (entry points, packages) changes.
