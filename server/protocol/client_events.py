@@ -19,6 +19,7 @@ from server.protocol.items import Item
 from server.protocol.session_config import (
     FunctionTool,
     GAAudioFormat,
+    MaxTokens,
     Modality,
     SessionUpdate,
     ToolChoice,
@@ -89,7 +90,7 @@ class ResponseParams(BaseModel):
     output_modalities: list[Modality] | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
-    max_output_tokens: int | Literal["inf"] | None = None
+    max_output_tokens: MaxTokens | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     conversation: str | None = None  # "auto" (default) | "none" (out of band)
     metadata: dict[str, str] | None = None
@@ -167,6 +168,15 @@ CLIENT_EVENT_TYPES = frozenset(
 _ITEM_TAGS = frozenset({"message", "function_call", "function_call_output"})
 
 
+_TYPE_LABELS = frozenset({"int", "str", "float", "bool", "none", "dict", "list"})
+
+
+def _is_union_label(part: str) -> bool:
+    """Pydantic names union members in error locations (`constrained-int`, `literal['inf']`,
+    `VoiceId`); those are not parameters. Our field names are lower snake case."""
+    return part in _TYPE_LABELS or part[:1].isupper() or any(c in part for c in "[-(")
+
+
 def _param(loc: tuple[int | str, ...]) -> str:
     """Pydantic error location -> OpenAI-style parameter path, e.g. `item.content[0].type`."""
     out = ""
@@ -176,7 +186,7 @@ def _param(loc: tuple[int | str, ...]) -> str:
             out += f"[{part}]"
         elif part in _ITEM_TAGS and (prev == "item" or isinstance(prev, int)):
             pass  # the union's tag, not a field
-        elif not part.startswith(("function-", "tagged-union", "literal[")):
+        elif not _is_union_label(part):
             out += ("." if out else "") + part
         prev = part
     return out
@@ -195,6 +205,8 @@ def parse_client_event(
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         return ProtocolError(code=errors.INVALID_JSON, message=f"Invalid JSON: {exc}")
+    except RecursionError:
+        return ProtocolError(code=errors.INVALID_JSON, message="Invalid JSON: nested too deeply.")
     if not isinstance(data, dict):
         return ProtocolError(
             code=errors.INVALID_EVENT, message="An event must be a JSON object.", param="type"
@@ -230,3 +242,6 @@ def parse_client_event(
             param=param,
             event_id=event_id,
         )
+    except RecursionError:
+        return ProtocolError(code=errors.INVALID_EVENT, message=f"Invalid '{kind}' event: "
+                             "nested too deeply.", event_id=event_id)

@@ -7,13 +7,14 @@ Rendering a config back in a dialect's shape lives in `server.protocol.dialect`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.protocol.formats import AudioFormat
 
 Modality = Literal["text", "audio"]
+MaxTokens = Annotated[int, Field(ge=1)] | Literal["inf"]
 Eagerness = Literal["low", "medium", "high", "auto"]
 
 #: Voices OpenAI clients send by default; the session maps them to the server's default voice.
@@ -104,7 +105,7 @@ class SessionConfig(BaseModel):
     tools: list[FunctionTool] = Field(default_factory=list)
     tool_choice: ToolChoice = "auto"
     temperature: float | None = None
-    max_output_tokens: int | Literal["inf"] = "inf"
+    max_output_tokens: MaxTokens = "inf"
     x_stepaudio2: StepAudio2Options = Field(default_factory=StepAudio2Options)
 
     @property
@@ -189,7 +190,7 @@ class SessionUpdate(_Strict):
     # GA shape
     output_modalities: list[Modality] | None = None
     audio: GAAudioUpdate | None = None
-    max_output_tokens: int | Literal["inf"] | None = None
+    max_output_tokens: MaxTokens | None = None
     # beta shape
     modalities: list[Modality] | None = None
     voice: str | None = None
@@ -199,7 +200,7 @@ class SessionUpdate(_Strict):
     turn_detection: TurnDetection | None = None
     input_audio_transcription: InputTranscription | None = None
     input_audio_noise_reduction: NoiseReduction | None = None
-    max_response_output_tokens: int | Literal["inf"] | None = None
+    max_response_output_tokens: MaxTokens | None = None
 
     @property
     def voice_given(self) -> str | None:

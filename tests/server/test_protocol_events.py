@@ -102,6 +102,12 @@ def test_unknown_type_echoes_event_id():
          "session.tools[0].name"),
         ({"type": "response.create", "response": {"output_modalities": ["video"]}},
          "response.output_modalities[0]"),
+        ({"type": "response.create", "response": {"max_output_tokens": 0}},
+         "response.max_output_tokens"),
+        ({"type": "response.create", "response": {"metadata": {"k": 1}}}, "response.metadata.k"),
+        ({"type": "session.update", "session": {"tool_choice": {"type": "function"}}},
+         "session.tool_choice"),
+        ({"type": "session.update", "session": {"type": "transcription"}}, "session.type"),
     ],
 )
 def test_missing_or_mistyped_field_names_the_param(payload, param):
@@ -111,6 +117,56 @@ def test_missing_or_mistyped_field_names_the_param(payload, param):
     assert err.param == param
     assert err.event_id == "evt_x"
     assert payload["type"] in err.message
+
+
+def test_non_string_event_id_is_invalid():
+    err = _parse_err('{"type": "input_audio_buffer.commit", "event_id": 5}')
+    assert (err.code, err.param, err.event_id) == (errors.INVALID_EVENT, "event_id", None)
+
+
+def test_hostile_json_never_raises():
+    assert _parse_err("[" * 100_000).code == errors.INVALID_JSON
+    deep = '{"type": "response.create", "response": {"metadata": ' + '{"a": ' * 5000 + "1" + \
+        "}" * 5000 + "}}"
+    assert _parse_err(deep).code in (errors.INVALID_JSON, errors.INVALID_EVENT)
+    assert _parse_err("").code == errors.INVALID_JSON
+    assert _parse_err("null").code == errors.INVALID_EVENT
+
+
+def test_mutated_valid_events_never_raise():
+    """Every field of valid events replaced by values of the wrong kind: an error, no raise."""
+    import random
+
+    rng = random.Random(0)
+    valid = [
+        {"type": "session.update", "session": {"type": "realtime", "instructions": "x", "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": 24000},
+                      "turn_detection": {"type": "server_vad", "threshold": 0.5}},
+            "output": {"voice": "alloy", "speed": 1.0}}}},
+        {"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+                                                      "content": [{"type": "input_text",
+                                                                   "text": "hi"}]}},
+        {"type": "response.create", "response": {"output_modalities": ["audio"],
+                                                 "tools": [{"type": "function", "name": "f"}]}},
+        {"type": "conversation.item.truncate", "item_id": "i", "content_index": 0,
+         "audio_end_ms": 10},
+    ]
+    junk = [None, 1, -1, 1.5, "", "x", [], {}, [1], {"a": None}, True, "\ud800", 10**30]
+
+    def mutate(obj):
+        if isinstance(obj, dict) and obj:
+            key = rng.choice(list(obj))
+            obj = dict(obj)
+            obj[key] = rng.choice(junk) if rng.random() < 0.5 else mutate(obj[key])
+            return obj
+        if isinstance(obj, list) and obj:
+            return [mutate(obj[0])] + obj[1:]
+        return rng.choice(junk)
+
+    for _ in range(600):
+        payload = mutate(rng.choice(valid))
+        result = parse_client_event(json.dumps(payload))
+        assert isinstance(result, ProtocolError) or result.type == payload["type"]
 
 
 def test_content_type_must_fit_the_role():
@@ -493,6 +549,16 @@ def test_event_ids_are_unique():
     ids += [ev.InputAudioBufferCleared().event_id for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     assert all(i.startswith("event_") for i in ids)
+
+
+def test_extension_events_pass_unchanged_in_both_dialects():
+    event = ev.ExtensionEvent(type="x_stepaudio2.voice_registered", data={"voice": "v1"})
+    for dialect in Dialect:
+        wire = server_event_to_wire(event, dialect)
+        assert wire == {"type": "x_stepaudio2.voice_registered", "event_id": event.event_id,
+                        "voice": "v1"}
+    with pytest.raises(ValueError):
+        ev.ExtensionEvent(type="response.hijack")
 
 
 def test_milliseconds_are_integers_on_the_wire():
