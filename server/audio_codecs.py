@@ -1,9 +1,8 @@
-"""Wire audio formats: pcm16 (24 kHz) and G.711 mu-law / A-law (8 kHz), plus base64 handling.
+"""Wire audio formats: pcm16 (24 kHz) and G.711 mu-law / A-law (8 kHz), plus base64 handling."""
 
-Samples inside the server are mono float32 in [-1, 1). G.711 follows ITU-T G.711 exactly (the
-segment tables of the reference C code, as Sun's g711.c and CPython's audioop implement it);
-numpy only, no `audioop` (removed in Python 3.13).
-"""
+# Samples inside the server are mono float32 in [-1, 1). G.711 follows ITU-T G.711 exactly (the
+# segment tables of the reference C code, as Sun's g711.c and CPython's audioop implement it);
+# numpy only, no `audioop` (removed in Python 3.13).
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
-"""Stateful polyphase FIR resampler (Kaiser-windowed sinc) for streaming audio between rates.
+"""Stateful polyphase FIR resampler (Kaiser-windowed sinc) for streaming audio between rates."""
 
-Output is aligned with the input: the filter's group delay is compensated, so output sample k
-is the input signal at time k / out_rate (this costs `latency_samples` input samples of
-look-ahead before an output sample can be produced). Feeding a signal in chunks of any size
-gives exactly the samples of one pass; `flush()` returns the tail at the end of a stream.
-"""
+# Output is aligned with the input: the filter's group delay is compensated, so output sample k
+# is the input signal at time k / out_rate (this costs `latency_samples` input samples of
+# look-ahead before an output sample can be produced). Feeding a signal in chunks of any size
+# gives exactly the samples of one pass; `flush()` returns the tail at the end of a stream.
 
 from __future__ import annotations
 

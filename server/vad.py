@@ -1,10 +1,9 @@
-"""Voice activity and turn detection: silero-vad (its bundled ONNX model) + OpenAI's server_vad.
+"""Voice activity and turn detection: silero-vad (its bundled ONNX model) + OpenAI's server_vad."""
 
-`SileroVad` holds one onnxruntime session (one intra-op and one inter-op thread: more threads
-gave 25-100 ms p99 stalls on 2 cores) shared by all sessions; `TurnDetector` is per session and
-turns 16 kHz audio in chunks of any size into `SpeechStarted` / `SpeechStopped` /
-`IdleTimeout` events. All times come from sample counts, never the wall clock.
-"""
+# `SileroVad` holds one onnxruntime session (one intra-op and one inter-op thread: more threads
+# gave 25-100 ms p99 stalls on 2 cores) shared by all sessions; `TurnDetector` is per session and
+# turns 16 kHz audio in chunks of any size into `SpeechStarted` / `SpeechStopped` /
+# `IdleTimeout` events. All times come from sample counts, never the wall clock.
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
-"""Client events of the realtime protocol, parsed by one discriminated union that never raises.
+"""Client events of the realtime protocol, parsed by one discriminated union that never raises."""
 
-Beta aliases are folded into the GA form here (`modalities` -> `output_modalities`,
-`max_response_output_tokens` -> `max_output_tokens`, beta content part names), so the session
-sees one shape whichever dialect the client speaks.
-"""
+# Beta aliases are folded into the GA form here (`modalities` -> `output_modalities`,
+# `max_response_output_tokens` -> `max_output_tokens`, beta content part names), so the session
+# sees one shape whichever dialect the client speaks.
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
-"""GA and beta dialects: handshake detection and the wire form of every server event.
+"""GA and beta dialects: handshake detection and the wire form of every server event."""
 
-GA is the default. A connection is beta when the client sends `OpenAI-Beta: realtime=v1` or
-offers the subprotocol `openai-beta.realtime-v1`; it then receives only beta event names and the
-flat session shape, never a GA one.
-"""
+# GA is the default. A connection is beta when the client sends `OpenAI-Beta: realtime=v1` or
+# offers the subprotocol `openai-beta.realtime-v1`; it then receives only beta event names and the
+# flat session shape, never a GA one.
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
-"""Conversation items (messages, function calls and their outputs) in one canonical form.
+"""Conversation items (messages, function calls and their outputs) in one canonical form."""
 
-Content part types are OpenAI's GA names (`input_text`, `input_audio`, `output_text`,
-`output_audio`); the beta names `text` / `audio` of assistant parts are accepted on input and
-produced by `server.protocol.dialect` for beta connections.
-"""
+# Content part types are OpenAI's GA names (`input_text`, `input_audio`, `output_text`,
+# `output_audio`); the beta names `text` / `audio` of assistant parts are accepted on input and
+# produced by `server.protocol.dialect` for beta connections.
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""Server events of the realtime protocol, dialect-neutral (GA type names, canonical objects).
+"""Server events of the realtime protocol, dialect-neutral (GA type names, canonical objects)."""
 
-`server.protocol.dialect.encode_server_event` turns one into the wire JSON of a connection's
-dialect (beta names, flat session shape). Every event gets a fresh unique `event_id`.
-"""
+# `server.protocol.dialect.encode_server_event` turns one into the wire JSON of a connection's
+# dialect (beta names, flat session shape). Every event gets a fresh unique `event_id`.
 
 from __future__ import annotations
 

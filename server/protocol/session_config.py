@@ -1,9 +1,8 @@
-"""The canonical session configuration and the `session.update` payload that changes it.
+"""The canonical session configuration and the `session.update` payload that changes it."""
 
-Both OpenAI session shapes (GA nested `audio.input/output`, beta flat fields) parse into one
-`SessionUpdate`; `SessionConfig.apply(update)` changes only the fields the client gave.
-Rendering a config back in a dialect's shape lives in `server.protocol.dialect`.
-"""
+# Both OpenAI session shapes (GA nested `audio.input/output`, beta flat fields) parse into one
+# `SessionUpdate`; `SessionConfig.apply(update)` changes only the fields the client gave.
+# Rendering a config back in a dialect's shape lives in `server.protocol.dialect`.
 
 from __future__ import annotations
 

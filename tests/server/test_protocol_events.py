@@ -1,8 +1,7 @@
-"""Protocol models: client event parsing and errors, session updates, server events per dialect.
+"""Protocol models: client event parsing and errors, session updates, server events per dialect."""
 
-Server events are checked against the installed `openai` SDK's own models (GA and beta), the way
-a strict client parses them.
-"""
+# Server events are checked against the installed `openai` SDK's own models (GA and beta), the
+# way a strict client parses them.
 
 from __future__ import annotations
 
