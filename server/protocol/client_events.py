@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -159,8 +159,8 @@ ClientEvent = Annotated[
 
 CLIENT_EVENT_ADAPTER: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
 CLIENT_EVENT_TYPES = frozenset(
-    m.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
-    for m in ClientEvent.__origin__.__args__  # type: ignore[attr-defined]
+    get_args(member.model_fields["type"].annotation)[0]
+    for member in get_args(get_args(ClientEvent)[0])
 )
 
 

@@ -193,3 +193,18 @@ def test_missing_or_corrupt_model_is_a_clear_error(tmp_path):
     bad.write_bytes(b"definitely not onnx")
     with pytest.raises(VadModelError, match="cannot load"):
         SileroVad(bad)
+
+
+def test_session_turn_detection_settings_drive_the_detector(model, utterance):
+    """The protocol's TurnDetection (semantic_vad mapped by eagerness) is the detector's input."""
+    from server.protocol import TurnDetection
+
+    signal = np.concatenate([_silence(0.5), utterance, _silence(0.8), utterance, _silence(2.0)])
+    patient = TurnDetection(type="semantic_vad", eagerness="low").effective()
+    eager = TurnDetection(type="semantic_vad", eagerness="high").effective()
+    assert len(_run(model, signal, params=patient)) == 2  # 0.8 s pause is not the end
+    assert len(_run(model, signal, params=eager)) == 4
+    # session.update mid-stream: set_params applies from the next frame on.
+    det = TurnDetector(model)
+    det.set_params(ServerVadParams(silence_duration_ms=1500))
+    assert _kinds(det.feed(signal)) == ["SpeechStarted", "SpeechStopped"]
