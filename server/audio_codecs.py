@@ -142,10 +142,13 @@ def encode_audio(samples: np.ndarray, fmt: AudioFormat) -> bytes:
 
 
 def b64decode_bytes(text: str) -> bytes:
-    """Strict base64 (standard alphabet, padding required); clear error on anything else."""
+    """Strict base64 (standard alphabet, padding required; line breaks as MIME encoders insert
+    them are allowed); a clear error on anything else."""
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
+        if isinstance(text, str) and any(c in text for c in "\r\n\t "):
+            return b64decode_bytes("".join(text.split()))
         raise AudioPayloadError(errors.INVALID_BASE64, f"audio is not valid base64: {exc}") from exc
 
 

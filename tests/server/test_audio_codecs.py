@@ -55,6 +55,16 @@ def test_bad_base64_is_a_clear_error(text):
     assert info.value.code == errors.INVALID_BASE64
 
 
+def test_base64_with_line_breaks_is_accepted():
+    data = np.arange(100, dtype="<i2").tobytes()
+    text = base64.encodebytes(data).decode()  # MIME style: a newline every 76 characters
+    assert "\n" in text
+    np.testing.assert_array_equal(b64decode_audio(text, AudioFormat.PCM16),
+                                  pcm16_to_float(data))
+    with pytest.raises(AudioPayloadError):
+        b64decode_audio("AA AA*", AudioFormat.PCM16)
+
+
 def test_known_g711_values():
     # ITU-T G.711: mu-law 0xFF / 0x7F are +0 / -0, 0x80 / 0x00 the extremes (+-32124);
     # A-law 0xD5 / 0x55 are the smallest steps (+-8), 0xAA / 0x2A the extremes (+-32256).
