@@ -20,6 +20,9 @@ API overview (import from the submodules or from here):
 - Wire: `detect_dialect(headers, subprotocols)`, `choose_subprotocol(offered)`,
   `api_key_from_subprotocols(offered)`, `encode_server_event(event, dialect) -> str | None`
   (None: the dialect has no such event, e.g. `conversation.item.done` on beta; send nothing).
+- Audio formats: `AudioFormat` (values `pcm16`, `g711_ulaw`, `g711_alaw`; `.sample_rate`,
+  `.ga_type`); codecs in `server.audio_codecs`, resampling in `server.resample`, VAD and turn
+  detection in `server.vad` (`TurnDetector(SileroVad(), cfg.turn_detection.effective())`).
 - Errors: codes as constants in `errors` (`errors.INVALID_EVENT`, ...), `ProtocolError` with
   helpers `cancel_not_active()`, `active_response()`, `commit_empty()`; `errors.BENIGN_CODES`.
 """
@@ -50,6 +53,7 @@ from server.protocol.dialect import (
     server_event_to_wire,
 )
 from server.protocol.errors import ProtocolError
+from server.protocol.formats import AudioFormat
 from server.protocol.ids import (
     new_call_id,
     new_event_id,
@@ -75,7 +79,8 @@ from server.protocol.session_config import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_EVENT_BYTES", "DEFAULT_VOICE", "OPENAI_VOICES", "ClientEvent", "ContentPart",
+    "AudioFormat", "DEFAULT_MAX_EVENT_BYTES", "DEFAULT_VOICE", "OPENAI_VOICES", "ClientEvent",
+    "ContentPart",
     "ConversationItemCreateEvent", "ConversationItemDeleteEvent", "ConversationItemRetrieveEvent",
     "ConversationItemTruncateEvent", "Dialect", "FunctionCallItem", "FunctionCallOutputItem",
     "FunctionTool", "InputAudioBufferAppendEvent", "InputAudioBufferClearEvent",
