@@ -50,25 +50,11 @@ def random_hift(dims: HiftDims, seed: int) -> HiFT:
 
 
 def _flow_state(dims: object, seed: int) -> dict[str, torch.Tensor]:
-    """flow.pt tensors for T1's Flow built from `dims`, every one random (none zeroed)."""
-    from tokenizer_audio.flow import Flow
+    """flow.pt tensors: T1's Flow built from `dims`, randomised with nothing zeroed (f.5a)."""
+    from tokenizer_audio.flow import Flow, randomize_
 
-    with torch.device("meta"):
-        names = {name: tuple(t.shape) for name, t in Flow(dims).state_dict().items()}
-    gen = torch.Generator().manual_seed(seed)
-    state: dict[str, torch.Tensor] = {}
-    for name, shape in names.items():
-        if "embedding" in name:
-            value = torch.randn(shape, generator=gen)
-        elif len(shape) >= 2:
-            bound = 1.0 / math.sqrt(math.prod(shape[1:]))
-            value = (torch.rand(shape, generator=gen) * 2 - 1) * bound
-        elif name.endswith("bias"):
-            value = (torch.rand(shape, generator=gen) * 2 - 1) * 0.05
-        else:  # LayerNorm gains
-            value = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        state[name] = value.contiguous()
-    return state
+    flow = randomize_(Flow(dims), seed)  # type: ignore[arg-type]
+    return {name: t.contiguous() for name, t in flow.state_dict().items()}
 
 
 def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
