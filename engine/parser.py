@@ -157,11 +157,11 @@ class OutputParser:
             data = None
         elif token is None:
             data = b""  # an id without a token (unused embedding row): no text
-        elif all(char in self._byte_of for char in token):
-            data = bytes(self._byte_of[char] for char in token)
         elif self._tokenizer.decode([token_id], skip_special_tokens=True) == "":
             data = None  # a special added token (`<|im_start|>`, ...): not reply text
-        else:  # a non-special added token such as `<tool_call>`: its text as written
+        elif all(char in self._byte_of for char in token):
+            data = bytes(self._byte_of[char] for char in token)
+        else:  # a non-special added token such as `<think>`: its text as written
             data = token.encode("utf-8")
         self._bytes_cache[token_id] = data
         return data
