@@ -51,7 +51,8 @@ class SimulatedPlayback:
         if self.first_audio_at is None:
             return 0
         now = self.clock() if now is None else now
-        return min(self.received, self._base + int((now - self._start) * self.rate))
+        # The epsilon keeps float noise (0.2 s * rate = 199.999...) from losing a sample.
+        return min(self.received, self._base + int((now - self._start) * self.rate + 1e-6))
 
     def played_ms(self, now: float | None = None) -> int:
         return int(self.played_samples(now) * 1000 // self.rate)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import uvicorn
-from fastapi import FastAPI, Form, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Form, HTTPException, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.staticfiles import StaticFiles
 
 WEB = Path(__file__).resolve().parents[2] / "clients" / "web"
@@ -38,19 +38,19 @@ def create_app(reply_seconds: float, pace: float) -> FastAPI:
 
     @app.get("/v1/info")
     async def info() -> dict[str, Any]:
-        return {"model": "step-audio-2-mini", "default_voice": "default", "random_weights": True}
+        return {"model": "step-audio-2-mini", "default_voice": "default", "test_checkpoint": True}
 
     @app.get("/v1/voices")
     async def list_voices() -> dict[str, Any]:
-        return {"voices": [{"name": v} for v in voices], "default": "default"}
+        return {"object": "list", "data": [{"id": v, "name": v} for v in voices],
+                "default": "default"}
 
-    @app.post("/v1/voices")
+    @app.post("/v1/voices", status_code=201)
     async def add_voice(name: str = Form(...), file: UploadFile = Form(...)) -> dict[str, Any]:
-        data = await file.read()
-        if not data.startswith(b"RIFF"):
-            return {"error": {"message": "not a WAV file"}}
+        if not (await file.read()).startswith(b"RIFF"):
+            raise HTTPException(status_code=400, detail="not a WAV file")
         voices.append(name)
-        return {"name": name}
+        return await list_voices()
 
     @app.get("/test/log")
     async def get_log() -> dict[str, Any]:

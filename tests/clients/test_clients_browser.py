@@ -100,16 +100,29 @@ def test_page_speaks_hears_and_interrupts(fake_server, two_utterances, tmp_path)
     assert 300 <= sent["audio_end_ms"] <= 2500
 
 
-def test_settings_survive_a_reload_and_reach_the_server(fake_server, tmp_path):
+def test_settings_survive_a_reload_and_reach_the_server(fake_server, hello_wav, tmp_path):
+    voice_wav = hello_wav
     with chromium_with_mic(tmp_path / "profile", None) as context:
         page = context.new_page()
         page.goto(fake_server + "/")
         page.get_by_label("System instructions").fill("Answer in one short sentence.")
-        page.get_by_label("Voice", exact=True).select_option("narrator")
         page.get_by_label("Silence that ends a turn (ms)").fill("800")
         page.get_by_label("Silence that ends a turn (ms)").press("Tab")
         page.get_by_label("Push to talk").check()
         page.get_by_label("Noise suppression").uncheck()
+        # A bad upload shows the server's reason; a WAV adds a voice to the picker.
+        page.get_by_text("Add a voice").click()
+        (tmp_path / "bad.wav").write_bytes(b"not a wav")
+        page.get_by_label("Voice sample (WAV, 3–30 s)").set_input_files(tmp_path / "bad.wav")
+        page.get_by_label("Name", exact=True).fill("broken")
+        page.get_by_role("button", name="Upload voice").click()
+        page.get_by_text("not a WAV file").wait_for(timeout=5_000)
+        page.get_by_label("Voice sample (WAV, 3–30 s)").set_input_files(voice_wav)
+        page.get_by_label("Name", exact=True).fill("mine")
+        page.get_by_role("button", name="Upload voice").click()
+        page.get_by_text("Voice “mine” added.").wait_for(timeout=5_000)
+        assert page.get_by_label("Voice", exact=True).input_value() == "mine"
+        page.get_by_label("Voice", exact=True).select_option("narrator")
         page.get_by_label("API key").fill("sk-test")
         page.get_by_label("API key").press("Tab")
         page.reload()
