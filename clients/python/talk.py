@@ -128,7 +128,7 @@ async def talk_file(args: argparse.Namespace) -> int:
 async def talk_mic(args: argparse.Namespace) -> int:
     try:
         from clients.python.mic import talk_microphone
-    except ImportError as exc:
+    except (ImportError, OSError) as exc:  # OSError: sounddevice without the PortAudio library
         print(
             f"error: --mic needs the optional `sounddevice` package ({exc}); install it with "
             "`pip install 'stepaudio2-realtime[mic]'` (and the PortAudio library), or use --file",
