@@ -121,6 +121,19 @@ function addTag(bubble, text, cls = "tag") {
   return tag;
 }
 
+// Grey out the part of a reply's transcript that was never heard (cut in proportion, at a word).
+function markUnheard(body, heardFraction) {
+  const text = body.textContent;
+  let cut = Math.round(text.length * Math.min(1, heardFraction));
+  const space = text.lastIndexOf(" ", cut);
+  if (space > 0 && cut < text.length) cut = space;
+  if (cut >= text.length) return;
+  const unheard = document.createElement("span");
+  unheard.className = "unheard";
+  unheard.textContent = text.slice(cut);
+  body.replaceChildren(document.createTextNode(text.slice(0, cut)), unheard);
+}
+
 function userBubbleFor(itemId) {
   let bubble = itemId && userBubbles.get(itemId);
   if (!bubble && pendingUserBubble) {
@@ -197,6 +210,7 @@ async function interruptPlayback() {
     received_ms: Math.round((item.samples * 1000) / RATE),
   });
   item.bubble.li.classList.add("interrupted");
+  markUnheard(item.bubble.body, heard / Math.max(1, item.samples));
   addTag(item.bubble, `interrupted at ${(audioEndMs / 1000).toFixed(1)} s`);
   return true;
 }

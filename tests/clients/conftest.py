@@ -61,3 +61,31 @@ def hello_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return speech_file(
         tmp_path_factory.mktemp("speech") / "hello.wav", 0.3, "Hello, how are you today?", 0.2
     )
+
+
+@pytest.fixture(scope="module")
+def real_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base http URL of `stepaudio2-rt serve` on the tiny random checkpoint (replies capped)."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--model", str(tiny_checkpoint),
+         "--host", "127.0.0.1", "--port", str(port), "--max-output-tokens", "200",
+         "--plain-logs"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        try:
+            wait_http(f"http://127.0.0.1:{port}/readyz", proc, 300)
+        except (RuntimeError, TimeoutError) as exc:
+            log.flush()
+            tail = Path(log.name).read_text()[-3000:]
+            raise RuntimeError(f"serve did not become ready: {exc}\n{tail}") from exc
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
