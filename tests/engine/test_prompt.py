@@ -220,3 +220,28 @@ def test_bad_input_is_a_clear_error(tok, sp) -> None:
         expand_audio_placeholders([sp.audio_patch, sp.audio_patch], [noise(1.0)], sp)
     with pytest.raises(TypeError):
         build_prompt(["just a string"], speech=False)  # type: ignore[list-item]
+
+
+def test_speech_replay_keeps_tool_calls_after_the_ids(tok, sp, V, E) -> None:
+    spoken = (*E("Ok")[:1], sp.audio_id(1), sp.audio_id(2), sp.audio_pad, sp.audio_pad,
+              V("<tts_end>"))
+    turn = Assistant(speech_ids=spoken, tool_calls=(FunctionCall("get_time", "{}"),))
+    result = ids(build_prompt([turn], speech=False), tok, sp)
+    assert result == (
+        [V("<|BOT|>")] + E("assistant\n") + [V("<tts_start>")] + list(spoken)
+        + [V("<tool_call>")] + E("function\nget_time\n{}") + [V("</tool_call>")] + [V("<|EOT|>")]
+        + [V("<|BOT|>")] + E("assistant\n"))
+
+
+def test_text_prompts_match_the_shipped_chat_template(tok) -> None:
+    # The prompt builder (HF path) and the tokenizer's Jinja template (vLLM path) agree on text.
+    messages = [System("You are a helpful assistant."), User("Hi"), Assistant(text="Hello!"),
+                User("Weather?")]
+    openai = [{"role": "system", "content": "You are a helpful assistant."},
+              {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+              {"role": "user", "content": "Weather?"}]
+    assert render_text(build_prompt(messages, speech=False), tok) == tok.apply_chat_template(
+        openai, tokenize=False, add_generation_prompt=True)
+    spoken = openai + [{"role": "assistant", "content": "<tts_start>"}]
+    assert render_text(build_prompt(messages, speech=True), tok) == tok.apply_chat_template(
+        spoken, tokenize=False, continue_final_message=True)
