@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -97,27 +98,34 @@ class ToolResult:
 Message = System | User | Assistant | ToolResult
 
 
-def _turn(role: str, content: str) -> TextSegment:
-    return TextSegment(f"{BOT}{role}\n{content}{EOT}")
+def _literal(text: str) -> list[PromptSegment]:
+    return [TextSegment(text, literal=True)] if text else []
 
 
-def _call_text(call: CallLike) -> str:
+def _turn(role: str, content: str) -> list[PromptSegment]:
+    # Header, content and close as separate pieces: the content is the client's and literal.
+    return [TextSegment(f"{BOT}{role}\n"), *_literal(content), TextSegment(EOT)]
+
+
+def _call_segments(call: CallLike) -> list[PromptSegment]:
     try:
         arguments = json.loads(call.arguments)
     except (TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"tool call {call.name!r} has invalid JSON arguments: {exc}") from exc
     # History replay writes json.dumps(arguments) (spec e.6).
-    return f"<tool_call>function\n{call.name}\n{json.dumps(arguments)}</tool_call>"
+    return [
+        TextSegment("<tool_call>function\n"),
+        *_literal(f"{call.name}\n{json.dumps(arguments)}"),
+        TextSegment("</tool_call>"),
+    ]
 
 
 def _user_segments(message: User) -> list[PromptSegment]:
-    if len(message.parts) == 1 and isinstance(message.parts[0], str):
-        return [_turn("human", message.parts[0])]
     # Piece by piece as the HF reference does: header, each item, then the close (spec e.2).
     segments: list[PromptSegment] = [TextSegment(f"{BOT}human\n")]
     for part in message.parts:
         if isinstance(part, str):
-            segments.append(TextSegment(part))
+            segments.extend(_literal(part))
         else:
             segments.extend(AudioSegment(chunk) for chunk in split_chunks(part))
     segments.append(TextSegment(EOT))
@@ -125,15 +133,16 @@ def _user_segments(message: User) -> list[PromptSegment]:
 
 
 def _assistant_segments(message: Assistant) -> list[PromptSegment]:
-    calls = "".join(_call_text(call) for call in message.tool_calls)
+    calls = [segment for call in message.tool_calls for segment in _call_segments(call)]
     if message.speech_ids is None:
-        return [_turn("assistant", message.text + calls)]
-    # Spoken reply (spec e.3): `<tts_start>` + exact generated ids + `<|EOT|>`.
-    return [
-        TextSegment(f"{BOT}assistant\n{TTS_START}"),
-        TokenSegment(tuple(int(i) for i in message.speech_ids)),
-        TextSegment(calls + EOT),
-    ]
+        head = [TextSegment(f"{BOT}assistant\n"), *_literal(message.text)]
+    else:
+        # Spoken reply (spec e.3): `<tts_start>` + exact generated ids + `<|EOT|>`.
+        head = [
+            TextSegment(f"{BOT}assistant\n{TTS_START}"),
+            TokenSegment(tuple(int(i) for i in message.speech_ids)),
+        ]
+    return [*head, *calls, TextSegment(EOT)]
 
 
 def tools_json(tools: Sequence[dict[str, Any]]) -> str:
@@ -158,19 +167,19 @@ def build_prompt(
     segments: list[PromptSegment] = []
     rest = list(messages)
     if rest and isinstance(rest[0], System):
-        segments.append(_turn("system", rest.pop(0).text))
+        segments.extend(_turn("system", rest.pop(0).text))
     if tools:
-        segments.append(_turn("tool_json_schemas", tools_json(tools)))
+        segments.extend(_turn("tool_json_schemas", tools_json(tools)))
     for message in rest:
         match message:
             case System(text=text):
-                segments.append(_turn("system", text))
+                segments.extend(_turn("system", text))
             case User():
                 segments.extend(_user_segments(message))
             case Assistant():
                 segments.extend(_assistant_segments(message))
             case ToolResult(content=content):
-                segments.append(_turn("input", content))
+                segments.extend(_turn("input", content))
             case _:
                 raise TypeError(f"not a conversation message: {type(message).__name__}")
     if think:
@@ -212,6 +221,10 @@ def tokenize_prompt(
     audios: list[np.ndarray] = []
     for segment in segments:
         match segment:
+            case TextSegment(text=text, literal=True):
+                # Special-token strings in client content stay text (no injected turns).
+                ids.extend(tokenizer.encode(text, add_special_tokens=False,
+                                            split_special_tokens=True))
             case TextSegment(text=text):
                 piece = tokenizer.encode(text, add_special_tokens=False) if text else []
                 if special.audio_patch in piece:
@@ -253,6 +266,18 @@ def expand_audio_placeholders(
     return out
 
 
+# Anything that looks like a Step-Audio 2 special token (`<|EOT|>`, `<audio_12>`, `<tts_start>`,
+# `</tool_call>`, ...).
+_SPECIAL_LIKE = re.compile(r"<(?=\|[^|<>\s]+\|>|/?(?:audio|tts|tool_call|think)[A-Za-z0-9_]*>)")
+
+
+def _defuse_special_tokens(text: str) -> str:
+    """Client text for a server that tokenises the whole string: a zero-width space after `<`
+    keeps special-token look-alikes from becoming real special tokens (tokenize_prompt does the
+    same with `split_special_tokens`, so this only changes text that tried to inject them)."""
+    return _SPECIAL_LIKE.sub("<\u200b", text)
+
+
 def render_text(segments: Sequence[PromptSegment], tokenizer: Any) -> str:
     """The prompt as text for a remote server: special tokens as strings, audio `<audio_patch>`.
 
@@ -262,6 +287,8 @@ def render_text(segments: Sequence[PromptSegment], tokenizer: Any) -> str:
     parts: list[str] = []
     for segment in segments:
         match segment:
+            case TextSegment(text=text, literal=True):
+                parts.append(_defuse_special_tokens(text))
             case TextSegment(text=text):
                 parts.append(text)
             case TokenSegment(ids=token_ids):

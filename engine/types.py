@@ -16,9 +16,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TextSegment:
-    """Prompt text; special tokens written as strings (`<|BOT|>`) stay atomic."""
+    """Prompt text; special tokens written as strings (`<|BOT|>`) stay atomic.
+
+    `literal` marks content that came from a client (user text, instructions, tool results):
+    special-token strings in it are plain text, so a user cannot inject turn markers.
+    """
 
     text: str
+    literal: bool = False
 
 
 @dataclass(frozen=True)
