@@ -85,7 +85,7 @@ class OutputParser:
         self._bytes_cache: dict[int, bytes | None] = {}
         self._control = frozenset({special.bot, special.audio_start, special.audio_end,
                                    special.audio_patch, special.tts_start, special.tts_end,
-                                   special.tts_pad})
+                                   special.tts_pad} - {None})
         self._stop = frozenset(special.stop_ids)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._held = ""  # text that may be the start of a tool-call tag

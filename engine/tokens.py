@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 N_SPEECH_CODES = 6561  # 3^8 FSQ codes: 0..6560 are speech, `<audio_6561>` is the pad (spec d)
@@ -19,11 +20,12 @@ _REQUIRED = {
     "audio_patch": "<audio_patch>",
     "tts_start": "<tts_start>",
     "tts_end": "<tts_end>",
-    "tts_pad": "<tts_pad>",
 }
 # Not every tokenizer has these as single tokens (spec e.6/e.7 [L]/[M]); the parser and the
-# prompt builder work on their text, so they are optional.
+# prompt builder work on their text, so they are optional. `<tts_pad>`'s very name is a guess
+# (spec d [L]); any special token that is not text is dropped from transcripts anyway.
 _OPTIONAL = {
+    "tts_pad": "<tts_pad>",
     "tool_call_start": "<tool_call>",
     "tool_call_end": "</tool_call>",
     "think_start": "<think>",
@@ -53,8 +55,8 @@ class SpecialTokens:
     audio_patch: int
     tts_start: int
     tts_end: int
-    tts_pad: int
     audio_base: int
+    tts_pad: int | None = None
     tool_call_start: int | None = None
     tool_call_end: int | None = None
     think_start: int | None = None
@@ -119,3 +121,14 @@ class SpecialTokens:
         if not 0 <= code <= N_SPEECH_CODES:
             raise ValueError(f"audio code {code} is outside 0..{N_SPEECH_CODES}")
         return self.audio_base + code
+
+
+def load_tokenizer(model_dir: str | Path) -> Any:
+    """The checkpoint's tokenizer files, without ever running code from the checkpoint.
+
+    The released config.json carries an `auto_map`; `trust_remote_code=False` keeps transformers
+    from asking (and waiting) whether to run it.
+    """
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)

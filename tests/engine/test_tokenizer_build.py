@@ -190,8 +190,8 @@ def test_special_tokens_missing_or_misplaced_is_a_clear_error(tok) -> None:
     from engine.tokens import SpecialTokenError, SpecialTokens
 
     vocab = dict(tok.get_vocab())
-    del vocab["<tts_pad>"]
-    with pytest.raises(SpecialTokenError, match="<tts_pad>"):
+    del vocab["<tts_start>"]
+    with pytest.raises(SpecialTokenError, match="<tts_start>"):
         SpecialTokens.from_vocab(vocab)
     vocab = dict(tok.get_vocab())
     vocab["<audio_100>"] = 5
@@ -200,3 +200,6 @@ def test_special_tokens_missing_or_misplaced_is_a_clear_error(tok) -> None:
     vocab = dict(tok.get_vocab())
     del vocab["<think>"]
     assert SpecialTokens.from_vocab(vocab).think_start is None  # optional (spec e.7 [M])
+    vocab = dict(tok.get_vocab())
+    del vocab["<tts_pad>"]
+    assert SpecialTokens.from_vocab(vocab).tts_pad is None  # its name is a guess (spec d [L])
