@@ -102,9 +102,17 @@ def register_config() -> None:
     AutoConfig.register(MODEL_TYPE, StepAudio2Config, exist_ok=True)
 
 
+def _config_path(model_dir: str | Path) -> Path:
+    path = Path(model_dir)
+    return path if path.suffix == ".json" and not path.is_dir() else path / "config.json"
+
+
 def read_config_dict(model_dir: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Parse `model_dir/config.json` and check the required keys; ConfigError names file and key."""
-    path = Path(model_dir) / "config.json"
+    """Parse `model_dir/config.json` (or a .json file itself) and check the required keys.
+
+    ConfigError names the file and the key.
+    """
+    path = _config_path(model_dir)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -135,13 +143,16 @@ def config_from_dict(values: dict[str, Any]) -> StepAudio2Config:
 
 
 def load_config(model_dir: str | Path) -> StepAudio2Config:
-    """Load `model_dir/config.json` (the released layout); raises ConfigError when unusable."""
+    """Load `model_dir/config.json` (the released layout) or a config .json file itself.
+
+    Raises ConfigError when the file is missing, unreadable or lacks a required key.
+    """
     path, values = read_config_dict(model_dir)
     try:
         config = config_from_dict(values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: invalid config ({exc})") from exc
-    config.name_or_path = str(Path(model_dir))
+    config.name_or_path = str(path.parent)
     return config
 
 
