@@ -218,3 +218,29 @@ async def test_server_dying_mid_request_raises_and_a_recovered_one_is_used_again
         if server is not None:
             server.close()
             await server.wait_closed()
+
+
+async def test_generate_command_prints_json_from_a_server(
+    server_url: str, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    import soundfile
+
+    from server.cli import main
+
+    wav = tmp_path / "question.wav"
+    soundfile.write(wav, speech("what time is it", sample_rate=22_050), 22_050)
+    args = ["generate", "--model", str(tiny_checkpoint), "--audio", str(wav), "--text", "Briefly.",
+            "--speech", "--max-tokens", "12", "--seed", "3", "--engine-url", server_url]
+    assert await asyncio.to_thread(main, args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["finish_reason"] in ("length", "stop")
+    assert result["timings"]["prompt_tokens"] > 20
+    generated = result["timings"]["generated_tokens"]
+    assert generated == 12 if result["finish_reason"] == "length" else 0 < generated <= 12
+    assert result["audio_codes"] and all(0 <= c < 6561 for c in result["audio_codes"])
+    assert isinstance(result["text"], str) and result["tool_calls"] == []
+
+    assert await asyncio.to_thread(main, [*args[:4], str(tmp_path / "missing.wav")]) == 2
+    assert "no such file" in capsys.readouterr().err
