@@ -271,6 +271,14 @@ class ResponseRunner:
         while self._pcm_pending.size >= step or (final and self._pcm_pending.size):
             chunk, self._pcm_pending = self._pcm_pending[:step], self._pcm_pending[step:]
             self._emit_audio(chunk)
+        if final and self._resampler is not None:
+            # The 24 -> 8 kHz filter's look-ahead tail: without it G.711 audio would be short.
+            tail = self._resampler.flush()
+            if tail.size:
+                wire = encode_audio(tail, self.plan.output_format)
+                self._emit(ev.ResponseOutputAudioDelta(
+                    delta=base64.b64encode(wire).decode("ascii"), **self._part_kwargs()),
+                    self.id, None)
 
     def _emit_audio(self, chunk: np.ndarray) -> None:
         fmt = self.plan.output_format

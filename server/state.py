@@ -48,6 +48,7 @@ _TRANSITIONS: dict[tuple[TurnState, TurnEvent], TurnState] = {
     (TurnState.RESPONDING, TurnEvent.COMMITTED): TurnState.RESPONDING,
     (TurnState.RESPONDING, TurnEvent.CLEARED): TurnState.RESPONDING,
     (TurnState.RESPONDING, TurnEvent.RESPONSE_FINISHED): TurnState.IDLE,
+    (TurnState.INTERRUPTED, TurnEvent.SPEECH_STARTED): TurnState.INTERRUPTED,
     (TurnState.INTERRUPTED, TurnEvent.RESPONSE_FINISHED): TurnState.USER_SPEAKING,
     (TurnState.INTERRUPTED, TurnEvent.SPEECH_STOPPED): TurnState.INTERRUPTED,
     (TurnState.INTERRUPTED, TurnEvent.COMMITTED): TurnState.INTERRUPTED,

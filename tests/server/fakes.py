@@ -261,3 +261,66 @@ def utterance(text: str, rate: int = 24_000, lead_s: float = 0.3, tail_s: float 
 
     return np.concatenate([np.zeros(int(lead_s * rate), np.float32), speech(text, rate),
                            np.zeros(int(tail_s * rate), np.float32)])
+
+
+class ServerProcess:
+    """`python -m server.cli serve --model DIR --port P ...` as a subprocess, ready on /readyz."""
+
+    def __init__(self, model_dir, *flags: str, ready_timeout: float = 600) -> None:
+        from tests.helpers import free_port
+
+        self.port = free_port()
+        self.args = [*flags]
+        self.model_dir = model_dir
+        self.ready_timeout = ready_timeout
+        self.proc = None
+
+    def __enter__(self) -> ServerProcess:
+        import os
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        from tests.helpers import REPO
+
+        self.log = open(f"/tmp/stepaudio2-serve-{self.port}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--model", str(self.model_dir),
+             "--port", str(self.port), "--plain-logs", *self.args],
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ),
+        )
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see "
+                                   f"{self.log.name}:\n" + open(self.log.name).read()[-3000:])
+            try:
+                if httpx.get(f"{self.http}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"server not ready after {self.ready_timeout} s")
+
+    def __exit__(self, *exc) -> None:
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime?model=step-audio-2-mini"

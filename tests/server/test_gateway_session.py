@@ -87,6 +87,11 @@ async def spoken_turn(client: Client, pcm: bytes) -> list[dict]:
     return await client.until("response.done")
 
 
+def prompt_text(request) -> str:
+    """The text of a prompt as the model reads it (token and audio segments left out)."""
+    return "".join(getattr(segment, "text", "") for segment in request.prompt)
+
+
 def without_deltas(names: list[str]) -> list[str]:
     out: list[str] = []
     for name in names:
@@ -191,7 +196,8 @@ async def test_text_item_and_text_only_response(tokenizer):
         assert events[-1]["response"]["metadata"] == {"topic": "geo"}
         prompt = server.engine.requests[-1].prompt
         assert prompt[-1].text.endswith("<|BOT|>assistant\n")  # no <tts_start>
-        assert any("What is the capital of France?" in getattr(s, "text", "") for s in prompt)
+        assert "<|BOT|>human\nWhat is the capital of France?<|EOT|>" in prompt_text(
+            server.engine.requests[-1])
         await client.close()
 
 
@@ -318,9 +324,8 @@ async def test_function_tool_round_trip(tokenizer):
         output = events[-1]["response"]["output"]
         call = next(i for i in output if i["type"] == "function_call")
         assert call["call_id"] == args_done["call_id"]
-        schema_turn = next(s.text for s in engine.requests[-1].prompt
-                           if "tool_json_schemas" in getattr(s, "text", ""))
-        assert '"name": "get_weather"' in schema_turn
+        schemas = '<|BOT|>tool_json_schemas\n[{"type": "function", "function": {"name": '
+        assert schemas + '"get_weather"' in prompt_text(engine.requests[-1])
         await client.send({"type": "conversation.item.create", "item": {
             "type": "function_call_output", "call_id": call["call_id"],
             "output": '{"temperature_c": 21}'}})
@@ -329,15 +334,13 @@ async def test_function_tool_round_trip(tokenizer):
         await client.send({"type": "response.create"})
         events = await client.until("response.done")
         assert events[-1]["response"]["status"] == "completed"
-        texts = [getattr(s, "text", "") for s in engine.requests[-1].prompt]
-        assert any('<|BOT|>input\n{"temperature_c": 21}' in t for t in texts)
+        assert '<|BOT|>input\n{"temperature_c": 21}<|EOT|>' in prompt_text(engine.requests[-1])
         await client.close()
 
 
 async def test_builtin_datetime_tool_runs_on_the_server(tokenizer):
     engine = make_engine(tokenizer)
-    engine.replies = [tool_reply(tokenizer, "get_current_datetime", "{}", speech=False)
-                      if False else tool_reply(tokenizer, "get_current_datetime", "{}"),
+    engine.replies = [tool_reply(tokenizer, "get_current_datetime", "{}"),
                       ta4_reply(engine.vocab, 8)]
     with serving(tokenizer, engine=engine, server_tools=["datetime"]) as server:
         client = await session(server)
@@ -352,8 +355,8 @@ async def test_builtin_datetime_tool_runs_on_the_server(tokenizer):
         assert len(outputs) == 1
         assert "weekday" in json.loads(outputs[0]["item"]["output"])
         assert events[-1]["response"]["status"] == "completed"
-        texts = [getattr(s, "text", "") for s in engine.requests[-1].prompt]
-        assert any(t.startswith("<|BOT|>input\n") and "weekday" in t for t in texts)
+        text = prompt_text(engine.requests[-1])
+        assert "<|BOT|>input\n{" in text and '"weekday"' in text.split("<|BOT|>input\n")[1]
         await client.close()
 
 
@@ -376,7 +379,7 @@ async def test_g711_input_and_output(tokenizer, hello_pcm):
         audio = audio_bytes(events)
         codes = events[-1]["response"]["usage"]["output_token_details"]["audio_tokens"]
         # One byte per 8 kHz sample: a third of the 24 kHz samples (resampler rounding aside).
-        assert abs(len(audio) - codes * 960 // 3) <= 40
+        assert len(audio) == codes * 960 // 3
         await client.close()
 
 
@@ -393,7 +396,7 @@ async def test_input_transcription(tokenizer, hello_pcm):
         assert done["item_id"] == committed["item_id"]
         assert done["transcript"] == "hello world"
         asr = next(r for r in server.engine.requests if r.request_id.startswith("asr_"))
-        assert "请记录下你所听到的语音内容。" in asr.prompt[0].text
+        assert prompt_text(asr).startswith("<|BOT|>system\n请记录下你所听到的语音内容。<|EOT|>")
         assert asr.sampling.temperature == pytest.approx(0.1)
         await client.close()
 
@@ -423,8 +426,8 @@ async def test_voices_endpoints_and_session_voice(tokenizer):
                                        "instructions": "changed"}})
         error = await client.recv()
         assert error["error"]["code"] == "unknown_voice" and error["error"]["event_id"] == "v1"
-        await client.send({"type": "session.update",
-                           "session": {"type": "realtime", "audio": {"output": {"voice": "alloy"}}}})
+        alloy = {"type": "realtime", "audio": {"output": {"voice": "alloy"}}}
+        await client.send({"type": "session.update", "session": alloy})
         session_now = (await client.recv())["session"]
         assert session_now["audio"]["output"]["voice"] == "default"  # OpenAI name -> default
         assert session_now["instructions"] != "changed"  # the refused update changed nothing
@@ -455,7 +458,7 @@ async def test_prompt_budget_drops_oldest_turns_not_the_clients_view(tokenizer):
         await client.send({"type": "response.create",
                            "response": {"output_modalities": ["text"]}})
         await client.until("response.done")
-        text = "".join(getattr(s, "text", "") for s in server.engine.requests[-1].prompt)
+        text = prompt_text(server.engine.requests[-1])
         assert "turn11 " in text and "turn0 " not in text
         added = [e for e in client.events if e["type"] == "conversation.item.added"]
         first_id = added[0]["item"]["id"]
