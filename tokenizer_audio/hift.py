@@ -148,9 +148,10 @@ class SourceModule(nn.Module):
     def forward(
         self, f0: torch.Tensor, noise_scale: float, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """f0 [B, T] per frame -> source [B, 1, T * 480]."""
+        """f0 [B, T] per frame -> source [B, 1, T * 480] (phases in fp32 whatever the dtype)."""
         d = self.dims
         up = d.upsample_total
+        f0 = f0.float()
         harmonics = torch.arange(1, d.nb_harmonics + 2, device=f0.device, dtype=f0.dtype)
         # Phase increments are constant within a frame, so the reference's sample-rate increments
         # linearly downsampled by 480 equal the per-frame ones; its random initial phases sit at
@@ -168,7 +169,8 @@ class SourceModule(nn.Module):
                 sines.shape, generator=generator, device=sines.device, dtype=sines.dtype
             )
             sines = sines + noise_scale * noise_amp * noise
-        return torch.tanh(self.l_linear(sines.transpose(1, 2))).transpose(1, 2)
+        sines = sines.transpose(1, 2).to(self.l_linear.weight.dtype)
+        return torch.tanh(self.l_linear(sines)).transpose(1, 2)
 
 
 class HiFT(nn.Module):
@@ -224,10 +226,10 @@ class HiFT(nn.Module):
     def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """mel [B, 80, T] and excitation [B, 1, 480 T] -> waveform [B, 480 T] in +-0.99."""
         d = self.dims
-        window = self.stft_window.to(source.dtype)
-        spec = torch.stft(source[:, 0], d.n_fft, d.hop, d.n_fft, window=window,
+        window = self.stft_window.float()  # the STFTs run in fp32 in every mode
+        spec = torch.stft(source[:, 0].float(), d.n_fft, d.hop, d.n_fft, window=window,
                           return_complex=True)
-        s_stft = torch.cat([spec.real, spec.imag], dim=1)  # [B, n_fft + 2, frames]
+        s_stft = torch.cat([spec.real, spec.imag], dim=1).to(mel.dtype)  # [B, n_fft + 2, frames]
         x = self.conv_pre(mel)
         n_kernels = len(d.resblock_kernel_sizes)
         for i, up in enumerate(self.ups):
@@ -239,11 +241,12 @@ class HiFT(nn.Module):
             x = sum(block(x) for block in blocks) / n_kernels
         x = self.conv_post(F.leaky_relu(x, 0.01))  # slope 0.01 here, as trained (f.4)
         bins = d.n_fft // 2 + 1
+        x = x.float()
         magnitude = torch.exp(x[:, :bins]).clamp(max=1e2)
         phase = torch.sin(x[:, bins:])
         spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
         wav = torch.istft(spec, d.n_fft, d.hop, d.n_fft, window=window)
-        return wav.clamp(-d.audio_limit, d.audio_limit)
+        return wav.clamp(-d.audio_limit, d.audio_limit).to(mel.dtype)
 
     def forward(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """mel [B, 80, T] (log-mel at 50 Hz) -> waveform [B, 480 T] at 24 kHz."""

@@ -22,8 +22,9 @@ from tokenizer_audio.hift import (
 from tokenizer_audio.manifest import hift_manifest
 from tokenizer_audio.mel import mel_spectrogram
 
-# Streaming calls of the reference (f.5): 25 codes = 50 mel frames per chunk, a shorter last one.
-CHUNKS = [50, 50, 37]
+# Mel frames per streaming call: the reference sends 50 (25 codes) and a shorter last chunk;
+# any size above the 8 cached frames exercises the same logic, and small ones keep tests fast.
+CHUNKS = [20, 20, 12]
 
 
 def _spellings(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -42,7 +43,7 @@ def _spellings(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tens
 
 @pytest.fixture(scope="module")
 def speech_mel() -> torch.Tensor:
-    """[1, 80, 137] mel of ~2.7 s of espeak speech at 24 kHz."""
+    """[1, 80, 52] mel of the first ~1 s of espeak speech at 24 kHz."""
     wav24 = resample_poly(speech("Hello there. This sentence tests the vocoder."), 3, 2)
     mel = mel_spectrogram(wav24)[None, :, : sum(CHUNKS)]
     assert mel.shape[2] == sum(CHUNKS)
@@ -105,7 +106,7 @@ def test_bad_checkpoints_give_clear_errors(tmp_path: Path) -> None:
 def test_noise_is_seeded_and_can_be_switched_off(speech_mel: torch.Tensor) -> None:
     model = random_hift(TINY_HIFT_DIMS, seed=1)
     model.fold_weight_norm()
-    mel = speech_mel[:, :, :40]
+    mel = speech_mel[:, :, :20]
     with torch.inference_mode():
         a = model(mel, generator=torch.Generator().manual_seed(5))
         b = model(mel, generator=torch.Generator().manual_seed(5))
@@ -113,7 +114,7 @@ def test_noise_is_seeded_and_can_be_switched_off(speech_mel: torch.Tensor) -> No
         model.noise_scale = 0.0
         d = model(mel)
         e = model(mel)
-    assert a.shape == (1, 40 * 480)
+    assert a.shape == (1, 20 * 480)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert torch.equal(d, e)
@@ -136,21 +137,21 @@ def test_streamed_vocoding_tracks_offline_without_clicks(speech_mel: torch.Tenso
     model.noise_scale = 0.0
     with torch.inference_mode():
         offline = model(speech_mel)[0]
-        first_alone = model(speech_mel[:, :, :50])[0]
+        first_alone = model(speech_mel[:, :, :20])[0]
     parts = _stream(model, speech_mel, CHUNKS)
     # Chunk i's audio ends 3840 samples before its last mel frame (held back for the fade).
-    assert [len(p) for p in parts] == [50 * 480 - 3840, 50 * 480, 37 * 480 + 3840]
+    assert [len(p) for p in parts] == [20 * 480 - 3840, 20 * 480, 12 * 480 + 3840]
     # Causal: the first chunk's audio is that chunk vocoded alone, whatever comes later.
-    torch.testing.assert_close(parts[0], first_alone[: 50 * 480 - 3840], rtol=0, atol=1e-6)
+    torch.testing.assert_close(parts[0], first_alone[: 20 * 480 - 3840], rtol=0, atol=1e-6)
     streamed = torch.cat(parts)
     assert streamed.shape == offline.shape
     # Each call restarts the harmonic phases after the 3840 cached source samples, so streamed
-    # and offline audio differ by design (f.5a.4); measured relative L2 here: 0.098.
+    # and offline audio differ by design (f.5a.4); measured relative L2 0.1-0.2 on random weights.
     assert float((streamed - offline).norm() / offline.norm()) < 0.25
     # No click at the seams: no step larger than the largest step of the offline audio.
     steps = (streamed[1:] - streamed[:-1]).abs()
     bound = float((offline[1:] - offline[:-1]).abs().max())
-    for seam in (50 * 480 - 3840, 100 * 480 - 3840):
+    for seam in (20 * 480 - 3840, 40 * 480 - 3840):
         assert float(steps[seam - 3 : seam + 3].max()) <= bound
 
 
@@ -158,7 +159,7 @@ def test_hift_cache_holds_the_stream_tail(speech_mel: torch.Tensor) -> None:
     model = random_hift(TINY_HIFT_DIMS, seed=2)
     model.fold_weight_norm()
     cache = HiftCache()
-    model.vocode_chunk(speech_mel[:, :, :50], cache, last=False)
+    model.vocode_chunk(speech_mel[:, :, :20], cache, last=False)
     assert cache.mel is not None and cache.mel.shape == (1, 80, 8)
     assert cache.source is not None and cache.source.shape == (1, 1, STREAM_SAMPLE_CACHE)
     assert cache.speech is not None and cache.speech.shape == (STREAM_SAMPLE_CACHE,)
@@ -170,8 +171,8 @@ def test_hift_cache_holds_the_stream_tail(speech_mel: torch.Tensor) -> None:
 def test_parity_with_reference_offline_and_streamed(
     full_hift_pt: Path, speech_mel: torch.Tensor, tmp_path: Path
 ) -> None:
-    chunks = [50, 20, 12]  # full-size HiFT is slow on 2 cores: a short 3-call stream
-    mel = speech_mel[:, :, : sum(chunks)].contiguous()
+    chunks = CHUNKS
+    mel = speech_mel
     np.save(tmp_path / "mel.npy", mel.numpy())
     run_oracle("hift_oracle.py", {
         "hift_pt": str(full_hift_pt), "mel_npy": str(tmp_path / "mel.npy"),
