@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+Generators = torch.Generator | Sequence[torch.Generator | None] | None
 SAMPLES_PER_FRAME = 480  # 24 kHz samples per 50 Hz mel frame (8 * 5 * 3 * istft hop 4)
 STREAM_MEL_CACHE = 8  # mel frames re-vocoded at the start of every streaming call (f.5)
 STREAM_SAMPLE_CACHE = STREAM_MEL_CACHE * SAMPLES_PER_FRAME  # 3840 source / output samples
@@ -145,10 +146,12 @@ class SourceModule(nn.Module):
         self.dims = dims
         self.l_linear = nn.Linear(dims.nb_harmonics + 1, 1)
 
-    def forward(
-        self, f0: torch.Tensor, noise_scale: float, generator: torch.Generator | None
-    ) -> torch.Tensor:
-        """f0 [B, T] per frame -> source [B, 1, T * 480] (phases in fp32 whatever the dtype)."""
+    def forward(self, f0: torch.Tensor, noise_scale: float, generator: Generators) -> torch.Tensor:
+        """f0 [B, T] per frame -> source [B, 1, T * 480] (phases in fp32 whatever the dtype).
+
+        `generator`: one for the whole batch, or a sequence with one per row (each row then draws
+        exactly the noise it would draw alone).
+        """
         d = self.dims
         up = d.upsample_total
         f0 = f0.float()
@@ -165,9 +168,16 @@ class SourceModule(nn.Module):
         sines = sines * voiced
         if noise_scale:
             noise_amp = voiced * d.nsf_sigma + (1 - voiced) * d.nsf_alpha / 3
-            noise = torch.randn(
-                sines.shape, generator=generator, device=sines.device, dtype=sines.dtype
-            )
+            if isinstance(generator, Sequence):
+                noise = torch.stack([
+                    torch.randn(sines.shape[1:], generator=g, device=sines.device,
+                                dtype=sines.dtype)
+                    for g in generator
+                ])
+            else:
+                noise = torch.randn(
+                    sines.shape, generator=generator, device=sines.device, dtype=sines.dtype
+                )
             sines = sines + noise_scale * noise_amp * noise
         sines = sines.transpose(1, 2).to(self.l_linear.weight.dtype)
         return torch.tanh(self.l_linear(sines)).transpose(1, 2)
@@ -219,7 +229,7 @@ class HiFT(nn.Module):
             "stft_window", torch.hann_window(d.n_fft, periodic=True), persistent=False
         )
 
-    def source(self, mel: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def source(self, mel: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """mel [B, 80, T] -> excitation [B, 1, 480 T]."""
         return self.m_source(self.f0_predictor(mel), self.noise_scale, generator)
 
@@ -258,7 +268,6 @@ class HiFT(nn.Module):
             if parametrize.is_parametrized(module, "weight"):
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
-    @torch.inference_mode()
     def vocode_chunk(
         self,
         mel_chunk: torch.Tensor,
@@ -266,20 +275,55 @@ class HiFT(nn.Module):
         last: bool,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Vocode the next streamed mel chunk; returns float32 samples [n] ready to play.
+        """Vocode the next streamed mel chunk; returns samples [n] ready to play (model dtype).
 
         `mel_chunk` is [80, t] or [1, 80, t]. `cache` is updated in place (f.5): the last 8 mel
         frames are vocoded again in front of the chunk, the first 3840 source samples are replaced
         by the cached ones (phase continuity), the first 3840 output samples are Hamming
         cross-faded with the previous tail, and the last 3840 samples are held back unless `last`.
         """
-        if mel_chunk.dim() == 2:
-            mel_chunk = mel_chunk[None]
-        mel = mel_chunk if cache.mel is None else torch.cat([cache.mel, mel_chunk], dim=2)
-        src = self.source(mel, generator)
-        if cache.source is not None:
-            src[:, :, :cache.source.shape[2]] = cache.source
-        speech = self.decode(mel, src)[0]
+        return self.vocode_chunks([mel_chunk], [cache], [last], [generator])[0]
+
+    @torch.inference_mode()
+    def vocode_chunks(
+        self,
+        mel_chunks: Sequence[torch.Tensor],
+        caches: Sequence[HiftCache],
+        lasts: Sequence[bool],
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> list[torch.Tensor]:
+        """`vocode_chunk` for several streams at once: streams whose cached + new mel lengths are
+        equal run as one batch. Each cache is updated in place; results in input order."""
+        n = len(mel_chunks)
+        if not len(caches) == len(lasts) == n or (generators is not None and len(generators) != n):
+            raise ValueError("vocode_chunks needs one cache, last flag and generator per chunk")
+        gens = list(generators) if generators is not None else [None] * n
+        mels = []
+        for chunk, cache in zip(mel_chunks, caches, strict=True):
+            chunk = chunk[None] if chunk.dim() == 2 else chunk
+            mels.append(chunk if cache.mel is None else torch.cat([cache.mel, chunk], dim=2))
+        groups: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            groups.setdefault(mel.shape[2], []).append(i)
+        out: list[torch.Tensor] = [torch.empty(0)] * n
+        for rows in groups.values():
+            mel = torch.cat([mels[i] for i in rows])
+            src = self.source(mel, [gens[i] for i in rows])
+            for row, i in enumerate(rows):
+                cached = caches[i].source
+                if cached is not None:
+                    src[row, :, :cached.shape[2]] = cached[0]
+            speech = self.decode(mel, src)
+            for row, i in enumerate(rows):
+                out[i] = self._finish_chunk(
+                    mel[row:row + 1], src[row:row + 1], speech[row], caches[i], lasts[i]
+                )
+        return out
+
+    @staticmethod
+    def _finish_chunk(mel: torch.Tensor, src: torch.Tensor, speech: torch.Tensor,
+                      cache: HiftCache, last: bool) -> torch.Tensor:
+        """Cross-fade with the previous tail, update the cache, hold back the new tail."""
         if cache.speech is not None:
             n = cache.speech.shape[0]
             window = _fade_window(2 * STREAM_SAMPLE_CACHE, speech.device)

@@ -167,6 +167,29 @@ def test_hift_cache_holds_the_stream_tail(speech_mel: torch.Tensor) -> None:
     assert cache.mel is None and cache.source is None and cache.speech is None
 
 
+def test_batched_streams_get_the_audio_they_get_alone(speech_mel: torch.Tensor) -> None:
+    model = random_hift(TINY_HIFT_DIMS, seed=4)
+    model.fold_weight_norm()
+    # Stream 0 and 1 are in step (same lengths, one batch); stream 2 starts later (own group).
+    plans = [[20, 20], [20, 12], [12, 20]]
+    alone = []
+    for k, plan in enumerate(plans):
+        cache, gen = HiftCache(), torch.Generator().manual_seed(k)
+        mel = speech_mel[:, :, k : k + sum(plan)]
+        alone.append([model.vocode_chunk(mel[:, :, :plan[0]], cache, False, gen),
+                      model.vocode_chunk(mel[:, :, plan[0]:], cache, True, gen)])
+    caches = [HiftCache() for _ in plans]
+    gens = [torch.Generator().manual_seed(k) for k in range(len(plans))]
+    mels = [speech_mel[:, :, k : k + sum(plan)] for k, plan in enumerate(plans)]
+    firsts = model.vocode_chunks([m[:, :, :p[0]] for m, p in zip(mels, plans, strict=True)],
+                                 caches, [False] * 3, gens)
+    seconds = model.vocode_chunks([m[:, :, p[0]:] for m, p in zip(mels, plans, strict=True)],
+                                  caches, [True] * 3, gens)
+    for k in range(len(plans)):
+        torch.testing.assert_close(firsts[k], alone[k][0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(seconds[k], alone[k][1], rtol=0, atol=1e-5)
+
+
 @pytest.mark.oracle
 def test_parity_with_reference_offline_and_streamed(
     full_hift_pt: Path, speech_mel: torch.Tensor, tmp_path: Path
