@@ -518,3 +518,48 @@ async def test_health_ready_metrics_info(tokenizer, hello_pcm):
             info = (await http.get("/v1/info")).json()
             assert info["test_checkpoint"] is False and info["default_voice"] == "default"
         await client.close()
+
+
+async def test_dead_engine_fails_the_response_not_the_session(tokenizer, hello_pcm):
+    engine = make_engine(tokenizer)
+    engine.fail = True
+    with serving(tokenizer, engine=engine) as server:
+        client = await session(server)
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done")
+        errors = [e for e in events if e["type"] == "error"]
+        assert errors and errors[0]["error"]["code"] == "engine_error"
+        assert events[-1]["response"]["status"] == "failed"
+        engine.fail = False  # the engine is back: the same session goes on
+        events = await spoken_turn(client, hello_pcm)
+        assert events[-1]["response"]["status"] == "completed"
+        await client.close()
+
+
+async def test_input_buffer_limit_in_manual_mode(tokenizer):
+    with serving(tokenizer, max_input_buffer_s=1.0) as server:
+        client = await session(server)
+        await client.send({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": None}}}})
+        await client.until("session.updated")
+        await client.append_audio(bytes(24000 * 2), chunk_bytes=24000)  # 1 s: fits
+        await client.append_audio(bytes(4800))  # 100 ms more: refused, said so
+        error = await client.recv()
+        assert error["error"]["code"] == "buffer_too_large"
+        await client.send({"type": "input_audio_buffer.commit"})
+        committed = await client.until("conversation.item.done")
+        assert committed[0]["type"] == "input_audio_buffer.committed"
+        await client.close()
+
+
+async def test_idle_session_is_closed(tokenizer):
+    import websockets
+
+    with serving(tokenizer, session_idle_timeout_s=0.5) as server:
+        client = await session(server)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await client.recv(timeout=10)
+        assert closed.value.rcvd.code == 1000 and closed.value.rcvd.reason == "idle timeout"
