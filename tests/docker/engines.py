@@ -31,6 +31,11 @@ VLLM_ENV = {
 }
 
 
+def progress(message: str) -> None:
+    """One progress line on stderr (pytest shows it with -s or on failure)."""
+    sys.stderr.write(f"[scale-out {time.strftime('%H:%M:%S')}] {message}\n")
+
+
 class Process:
     """A subprocess with its log file, started and restarted with the same command line."""
 
@@ -48,7 +53,7 @@ class Process:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=REPO,
                                          start_new_session=True)
-        sys.stderr.write(f"[scale-out] started {self.name} (pid {self.proc.pid})\n")
+        progress(f"started {self.name} (pid {self.proc.pid})")
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -69,7 +74,7 @@ class Process:
         self._signal_group(signal.SIGKILL)
         assert self.proc is not None
         self.proc.wait(timeout=60)
-        sys.stderr.write(f"[scale-out] killed {self.name}\n")
+        progress(f"killed {self.name} (SIGKILL)")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -91,7 +96,7 @@ class Process:
                 raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
             try:
                 if httpx.get(url, timeout=2).status_code == 200:
-                    sys.stderr.write(f"[scale-out] {self.name} is ready\n")
+                    progress(f"{self.name} is ready")
                     return
             except httpx.HTTPError:
                 pass
