@@ -74,6 +74,29 @@ def test_entry_point_registers_config_and_model(tiny_checkpoint: Path) -> None:
     assert isinstance(AutoConfig.from_pretrained(str(tiny_checkpoint)), StepAudio2Config)
 
 
+def test_load_weights_fills_every_parameter_from_the_released_names(
+    llm, tiny_checkpoint: Path
+) -> None:
+    from safetensors.torch import load_file
+    from vllm.config import set_current_vllm_config
+
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(tiny_checkpoint.glob("model-*.safetensors")):
+        tensors.update(load_file(str(shard)))
+    assert any(name.startswith("model.") for name in tensors)  # HF names, not vLLM's
+    config = llm.llm_engine.vllm_config
+
+    def load_into_fresh_model(model):
+        # A fresh instance: the serving one has its linear weights repacked for the CPU.
+        with set_current_vllm_config(config), torch.device("cpu"):
+            fresh = type(model)(vllm_config=config, prefix="fresh")
+        loaded = fresh.load_weights(iter(tensors.items()))  # raises on an unknown name
+        return loaded, {name for name, _ in fresh.named_parameters()}
+
+    ((loaded, params),) = llm.apply_model(load_into_fresh_model)
+    assert loaded == params
+
+
 def test_prompt_expands_each_audio_to_its_placeholders(llm, tokenizer, special) -> None:
     from engine.audio import placeholder_count
 
