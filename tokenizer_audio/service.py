@@ -1,0 +1,70 @@
+"""Token2wavService for the gateway: voice registry + token2wav worker, built off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import torch
+
+from tokenizer_audio.token2wav import Token2wav
+from tokenizer_audio.types import Token2wavService, Token2wavStream, VoiceError
+from tokenizer_audio.voices import VoiceRegistry
+from tokenizer_audio.worker import Token2wavWorker
+
+
+class Token2wavServiceImpl:
+    """Voices and streams for the gateway (implements tokenizer_audio.types.Token2wavService)."""
+
+    def __init__(self, t2w: Token2wav, worker: Token2wavWorker) -> None:
+        if t2w.voices is None:
+            raise ValueError("the service needs a Token2wav with a voice registry")
+        self.t2w = t2w
+        self.voices: VoiceRegistry = t2w.voices
+        self.worker = worker
+
+    def voice_names(self) -> list[str]:
+        return self.voices.names()
+
+    @property
+    def default_voice(self) -> str:
+        return self.voices.default_name
+
+    async def add_voice(self, name: str, wav_bytes: bytes) -> None:
+        """Register a voice (features off the loop), then build its streaming prompt caches on
+        the worker so its first stream starts with no set-up cost."""
+        await asyncio.to_thread(self.voices.add, name, wav_bytes)
+        await self.worker.call(lambda: self.t2w.voice_prompt(name))
+
+    async def open_stream(self, voice: str) -> Token2wavStream:
+        if not isinstance(voice, str) or voice not in self.voices.names():
+            raise VoiceError(f"unknown voice {voice!r}; known voices: "
+                             f"{', '.join(self.voices.names())}")
+        return await self.worker.open_stream(voice)
+
+    def queue_depth(self) -> int:
+        return self.worker.queue_depth()
+
+    async def close(self) -> None:
+        await self.worker.close()
+
+
+async def create_token2wav_service(token2wav_dir: str | Path, *,
+                                   voices_dir: str | Path | None = None, device: str = "cpu",
+                                   threads: int | None = None,
+                                   dtype: torch.dtype = torch.float32,
+                                   warm_default_voice: bool = True) -> Token2wavService:
+    """Load token2wav/ (or a model folder holding it) in a thread and start the worker.
+
+    With `warm_default_voice`, the default voice's features and prompt caches are computed
+    before returning, so the first conversation does not pay for them.
+    """
+    t2w = await asyncio.to_thread(Token2wav, token2wav_dir, device, dtype, voices_dir=voices_dir)
+    worker = Token2wavWorker(t2w, threads=threads)
+    worker.start()
+    service = Token2wavServiceImpl(t2w, worker)
+    if warm_default_voice:
+        sys.stderr.write("token2wav: preparing the default voice\n")
+        await worker.call(lambda: t2w.voice_prompt(service.default_voice))
+    return service
