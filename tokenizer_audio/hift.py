@@ -401,7 +401,10 @@ def load_hift(
     except KeyError as exc:
         raise ValueError(f"{path} is not a HiFT checkpoint: missing {exc}") from exc
     model = HiFT(dims)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{path} does not match the HiFT layout: {exc}") from exc
     if missing or unexpected:
         raise ValueError(
             f"{path} does not match the HiFT layout: missing {sorted(missing)[:5]}, "

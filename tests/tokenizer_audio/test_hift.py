@@ -101,6 +101,11 @@ def test_bad_checkpoints_give_clear_errors(tmp_path: Path) -> None:
     torch.save(state, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match="conv_post.bias"):
         load_hift(tmp_path / "partial.pt")
+    state = random_hift(TINY_HIFT_DIMS, seed=0).state_dict()
+    state["resblocks.0.convs1.0.bias"] = torch.zeros(3)
+    torch.save(state, tmp_path / "misshapen.pt")
+    with pytest.raises(ValueError, match="does not match the HiFT layout"):
+        load_hift(tmp_path / "misshapen.pt")
 
 
 def test_noise_is_seeded_and_can_be_switched_off(speech_mel: torch.Tensor) -> None:
