@@ -10,7 +10,7 @@ How the random LLM is shaped so that sampling from it exercises the speech pipel
 official sampling settings, temperature 0.7 / top-p 0.9):
 * channel 0 of the residual stream is a constant: every token embedding holds `K = 2 sqrt(H)`
   there and no layer writes to it (row 0 of every `o_proj` and `down_proj` is zero), so after
-  the final RMSNorm it is a near-constant h0 ~ 0.75 sqrt(H) at every generated position;
+  the final RMSNorm it is a near-constant h0 ~ 0.68 sqrt(H) at every generated position;
 * column 0 of `lm_head` therefore acts as a per-token bias: speech codes `<audio_0..6560>` get
   the bias that gives them ~80% of the probability mass, text tokens (and `<tts_pad>`,
   `<tts_end>`, `<audio_6561>`) the rest, `<|EOT|>` ~0.4% per step so a response ends on its own
@@ -140,7 +140,8 @@ class OutputShaping:
         added = json.loads((directory / "added_tokens.json").read_text("utf-8"))
         special = SpecialTokens.from_vocab(vocab | added)
         text = sorted(set(vocab.values()) - set(added.values()))
-        neutral = tuple(text) + tuple(sorted(vocab[t] for t in _NEUTRAL_SPECIALS))
+        pads = (vocab[t] for t in _NEUTRAL_SPECIALS if t in vocab)  # names not all certain
+        neutral = tuple(text) + tuple(sorted(pads))
         n_speech = N_SPEECH_CODES
         # softmax(bias / T): speech share s = n_speech e^(a/T) / (n_speech e^(a/T) + n_neutral)
         ratio = SPEECH_SHARE / (1 - SPEECH_SHARE) * len(neutral) / n_speech
@@ -193,7 +194,7 @@ def _tensor_blocks(
 
 
 def _lm_head_bias(vocab: int, hidden: int, shaping: OutputShaping | None) -> torch.Tensor:
-    h0 = 0.75 * math.sqrt(hidden)  # channel 0 after the final RMSNorm (measured, tiny size)
+    h0 = 0.68 * math.sqrt(hidden)  # channel 0 after the final RMSNorm (measured: 0.63-0.75)
     if shaping is None:
         return torch.zeros(vocab)
     logits = torch.full((vocab,), shaping.blocked_bias)
@@ -203,25 +204,42 @@ def _lm_head_bias(vocab: int, hidden: int, shaping: OutputShaping | None) -> tor
     return logits / h0
 
 
-def write_safetensors(
-    path: Path, manifest: dict[str, list[int]], blocks: Any, *, label: str = ""
-) -> int:
-    """Stream bf16 tensors to a safetensors file in manifest order; returns the data bytes.
+def safetensors_header(manifest: dict[str, list[int]]) -> tuple[bytes, list[str]]:
+    """Header bytes (length prefix, JSON, space padding) of a bf16 safetensors file, and the
+    order of the tensors' data.
 
-    `blocks(name, shape)` yields the tensor's bf16 row blocks.
+    Laid out as the `safetensors` library does (data sorted by name, `__metadata__` format pt),
+    which reproduces the released shard sizes to the byte.
     """
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, shape in manifest.items():
-        size = math.prod(shape) * BYTES_PER_ELEMENT
-        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + size]}
+    order = sorted(manifest)
+    for name in order:
+        size = math.prod(manifest[name]) * BYTES_PER_ELEMENT
+        header[name] = {
+            "dtype": "BF16", "shape": manifest[name], "data_offsets": [offset, offset + size]
+        }
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw, order
+
+
+def write_safetensors(
+    path: Path, manifest: dict[str, list[int]], blocks: Any, *, label: str = ""
+) -> int:
+    """Stream bf16 tensors to a safetensors file; returns the data bytes.
+
+    `blocks(name, shape)` yields the tensor's bf16 row blocks.
+    """
+    header, order = safetensors_header(manifest)
+    total = sum(math.prod(shape) * BYTES_PER_ELEMENT for shape in manifest.values())
+    done = 0
+    next_report = 0.0
     with path.open("wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for i, (name, shape) in enumerate(manifest.items()):
+        f.write(header)
+        for i, name in enumerate(order):
+            shape = manifest[name]
             written = 0
             for block in blocks(name, shape):
                 data = block.contiguous().view(torch.int16).numpy().tobytes()
@@ -229,15 +247,18 @@ def write_safetensors(
                 written += len(data)
             if written != math.prod(shape) * BYTES_PER_ELEMENT:
                 raise RuntimeError(f"{path.name}: wrote {written} bytes for {name}")
-            if label and (i % 50 == 0 or i == len(manifest) - 1):
-                _progress(f"  {label}: tensor {i + 1}/{len(manifest)} {name}")
-    return offset
+            done += written
+            if label and (done >= next_report or i == len(manifest) - 1):
+                _progress(f"  {label}: tensor {i + 1}/{len(manifest)} {name}, "
+                          f"{done / 1e9:.2f}/{total / 1e9:.2f} GB")
+                next_report = done + 0.1 * total  # about ten lines per shard
+    return total
 
 
 def write_checkpoint(out_dir: str | Path, *, size: Size, seed: int = 0) -> Path:
     """Write a random checkpoint of `size` into `out_dir` (created); returns the directory.
 
-    tiny: ~45 MB of LLM weights (vocabulary 158,720, decoder width 64, encoder width 64) in 3
+    tiny: 42 MB of LLM weights (vocabulary 158,720, decoder width 64, encoder width 64) in 3
     shards; full: the released shapes (16.6 GB) in the released 4 shards. Not for quality: the
     weights are random (config.json says so).
     """

@@ -105,3 +105,15 @@ def test_test_checkpoint_marker(tmp_path: Path) -> None:
     assert is_test_checkpoint(write(tmp_path, marked))
     assert load_config(tmp_path).audio_dims.n_mels == 128
     assert not is_test_checkpoint(tmp_path / "missing")
+
+
+def test_vllm_config_parser_loads_the_directory(tmp_path: Path) -> None:
+    from vllm.transformers_utils.config import get_config
+
+    register_config()
+    config = get_config(write(tmp_path, RELEASED), trust_remote_code=False)
+    assert isinstance(config, StepAudio2Config)
+    text = config.get_text_config()
+    assert (text.hidden_size, text.num_key_value_heads, text.vocab_size) == (3584, 4, 158720)
+    assert text.max_position_embeddings == 16384
+    assert config.tie_word_embeddings is False and text.tie_word_embeddings is False

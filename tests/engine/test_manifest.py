@@ -7,13 +7,13 @@ import math
 
 from engine.checkpoint import (
     FULL_MAX_SHARD_BYTES,
-    config_from_dict,
     full_config_dict,
+    safetensors_header,
     shard_file_name,
     shard_plan,
     tiny_config_dict,
 )
-from engine.config import load_config
+from engine.config import config_from_dict, load_config
 from engine.manifest import llm_manifest
 from server.cli import main
 from tests.helpers import DATA
@@ -48,6 +48,13 @@ def test_full_shard_plan_matches_the_released_weight_map() -> None:
     assert weight_map == released["weight_map"]
     total = sum(math.prod(shape) * 2 for shape in manifest.values())
     assert total == released["metadata"]["total_size"] == 16_630_358_528
+    # our shard files would have the released byte sizes (spec b.1): header layout included
+    sizes = []
+    for names in plan:
+        shard = {n: manifest[n] for n in names}
+        header, _ = safetensors_header(shard)
+        sizes.append(len(header) + sum(math.prod(s) * 2 for s in shard.values()))
+    assert sizes == [4_925_370_984, 4_932_751_008, 4_988_307_424, 1_784_019_520]
 
 
 def test_packaged_full_config_is_the_released_one() -> None:
