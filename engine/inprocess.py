@@ -9,11 +9,14 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.types import EngineDelta, EngineError, EngineRequest, FinishReason, SamplingParams
+
+if TYPE_CHECKING:
+    from engine.tokens import SpecialTokens
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,9 @@ class InProcessEngine:
     """`Engine` on vLLM's AsyncLLM (engine core in a child process, so decoding never blocks
     the event loop). Build it with `await InProcessEngine.start(model_dir, ...)`."""
 
-    def __init__(self, llm: Any, tokenizer: Any, special: Any, model_dir: Path) -> None:
+    def __init__(
+        self, llm: Any, tokenizer: Any, special: SpecialTokens, model_dir: Path
+    ) -> None:
         self._llm = llm
         self.tokenizer = tokenizer
         self.special = special
@@ -128,7 +133,7 @@ class InProcessEngine:
             raise EngineError(f"request {request.request_id} failed: {exc}") from exc
         finally:
             self._running.discard(request.request_id)
-            if not finished:
+            if not finished and self._llm is not None:
                 # The consumer stopped early (barge-in, disconnect): free the slot now.
                 await self._llm.abort(request.request_id)
 
@@ -146,7 +151,7 @@ class InProcessEngine:
             gc.collect()
 
 
-def _build(model_dir: Path, opts: InProcessEngineSettings) -> tuple[Any, Any, Any]:
+def _build(model_dir: Path, opts: InProcessEngineSettings) -> tuple[Any, Any, SpecialTokens]:
     """Blocking: tokenizer, special tokens and the AsyncLLM (spawns the engine core)."""
     from transformers import AutoTokenizer
     from vllm.engine.arg_utils import AsyncEngineArgs

@@ -130,11 +130,25 @@ class RemoteEngine:
 
     @classmethod
     async def start(
-        cls, urls: Sequence[str], model_dir_or_tokenizer: str | Path | Any, **kwargs: Any
+        cls,
+        urls: Sequence[str],
+        model_dir_or_tokenizer: str | Path | Any,
+        *,
+        startup_timeout: float = 0.0,
+        **kwargs: Any,
     ) -> RemoteEngine:
-        """Build it, check every server once and start the health loop."""
+        """Build it, wait up to `startup_timeout` s for a healthy server, start the health loop.
+
+        Raises EngineError naming every server's problem when none answers in time.
+        """
         engine = await asyncio.to_thread(cls, urls, model_dir_or_tokenizer, **kwargs)
+        deadline = asyncio.get_running_loop().time() + startup_timeout
         await engine.check_health()
+        while not any(s.healthy for s in engine.servers):
+            if asyncio.get_running_loop().time() >= deadline:
+                break
+            await asyncio.sleep(min(1.0, engine.health_interval))
+            await engine.check_health()
         if not any(s.healthy for s in engine.servers):
             await engine.close()
             details = "; ".join(f"{s.url}: {s.last_error}" for s in engine.servers)
@@ -216,8 +230,8 @@ class RemoteEngine:
             if not finished and not reader.done():
                 # The consumer stopped early: closing the stream makes vLLM abort the request.
                 reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
 
     async def _read(
         self,

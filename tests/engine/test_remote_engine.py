@@ -244,3 +244,44 @@ async def test_generate_command_prints_json_from_a_server(
 
     assert await asyncio.to_thread(main, [*args[:4], str(tmp_path / "missing.wav")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+async def _health_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A server whose /health is fine but that refuses every completion with HTTP 400."""
+    request = await reader.readuntil(b"\r\n\r\n")
+    if request.startswith(b"GET /health"):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    else:
+        length = int(request.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        body = b'{"error": {"message": "bad request"}}'
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    writer.close()
+
+
+async def test_start_waits_for_a_late_server_and_a_refusal_keeps_it_healthy(
+    tiny_checkpoint: Path,
+) -> None:
+    from engine.remote import RemoteEngine
+
+    port = free_port()
+
+    async def open_later() -> asyncio.Server:
+        await asyncio.sleep(0.5)
+        return await asyncio.start_server(_health_only, "127.0.0.1", port)
+
+    opener = asyncio.create_task(open_later())
+    engine = await RemoteEngine.start([f"http://127.0.0.1:{port}"], tiny_checkpoint,
+                                      startup_timeout=30, health_interval=0.2)
+    server = await opener
+    try:
+        assert engine.servers[0].healthy
+        with pytest.raises(EngineError, match="HTTP 400"):
+            await _collect(engine, _request("refused", 4))
+        assert engine.servers[0].healthy and engine.servers[0].in_flight == 0
+    finally:
+        await engine.close()
+        server.close()
+        await server.wait_closed()
