@@ -47,6 +47,7 @@ let inputMs = 0;
 let sentTimeline = [];
 let userSpeaking = false;
 let pttHeld = false;
+let muted = false; // muted: the microphone sends silence, so the server's turn timing goes on
 let speechEndAt = null; // when the user's last turn ended (for the next reply's latency)
 let activeResponse = null;
 let currentItem = null; // the assistant item whose audio plays now
@@ -66,6 +67,14 @@ function setState(next) {
   button.textContent = next === "disconnected" ? "Connect" : "Disconnect";
   button.classList.toggle("primary", next === "disconnected");
   button.disabled = next === "connecting";
+  $("mute").disabled = next === "disconnected" || next === "connecting";
+}
+
+function setMuted(on) {
+  muted = on;
+  const button = $("mute");
+  button.setAttribute("aria-pressed", String(on));
+  button.textContent = on ? "Unmute" : "Mute";
 }
 
 function settle() {
@@ -150,6 +159,10 @@ function userBubbleFor(itemId) {
 
 // ---------------------------------------------------------------------------- audio in
 function onMicChunk(pcm, level) {
+  if (muted) {
+    pcm.fill(0);
+    level = 0;
+  }
   const db = 20 * Math.log10(level + 1e-6);
   const pct = Math.max(0, Math.min(100, ((db + 60) / 60) * 100));
   $("level-bar").style.transform = `scaleX(${pct / 100})`;
@@ -385,6 +398,7 @@ async function teardown() {
   speaker = null;
   userSpeaking = false;
   pttHeld = false;
+  setMuted(false);
   activeResponse = null;
   currentItem = null;
   $("level-bar").style.transform = "scaleX(0)";
@@ -473,8 +487,8 @@ async function uploadVoice() {
   status.textContent = "Uploading…";
   try {
     await fetchJSON("/v1/voices", settings.apiKey, { method: "POST", body: form });
-    status.textContent = `Voice “${name}” added.`;
     await loadVoices(name);
+    status.textContent = `Voice “${name}” added.`;
   } catch (err) {
     status.textContent = "";
     showError("The voice was not added", err.message);
@@ -545,6 +559,7 @@ function init() {
   bindSettings();
   $("connect").addEventListener("click", () => (conn || mic ? teardown() : connect()));
   $("voice-upload").addEventListener("click", uploadVoice);
+  $("mute").addEventListener("click", () => setMuted(!muted));
   const ptt = $("ptt");
   ptt.addEventListener("pointerdown", pttDown);
   for (const ev of ["pointerup", "pointerleave", "pointercancel"]) ptt.addEventListener(ev, pttUp);
@@ -569,6 +584,7 @@ function init() {
 Object.defineProperty(window, "__demo", {
   value: Object.freeze({
     get state() { return state; },
+    get muted() { return muted; },
     get connected() { return conn !== null && conn.isOpen; },
     get playbackClockMs() { return speaker ? (speaker.played * 1000) / RATE : 0; },
     get queuedMs() { return speaker ? (speaker.queued * 1000) / RATE : 0; },

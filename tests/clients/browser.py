@@ -12,8 +12,10 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @contextmanager
-def chromium_with_mic(profile: Path, mic_wav: Path | None) -> Iterator[BrowserContext]:
-    """A fresh Chromium profile whose microphone plays `mic_wav` once (silence when None)."""
+def chromium_with_mic(
+    profile: Path, mic_wav: Path | None, loop: bool = False
+) -> Iterator[BrowserContext]:
+    """A fresh Chromium profile whose microphone plays `mic_wav` once or in a loop (or silence)."""
     args = [
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
@@ -27,7 +29,7 @@ def chromium_with_mic(profile: Path, mic_wav: Path | None) -> Iterator[BrowserCo
         "--autoplay-policy=no-user-gesture-required",
     ]
     if mic_wav is not None:
-        args.append(f"--use-file-for-fake-audio-capture={mic_wav}%noloop")
+        args.append(f"--use-file-for-fake-audio-capture={mic_wav}{'' if loop else '%noloop'}")
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=args,

@@ -70,7 +70,7 @@ def real_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--model", str(tiny_checkpoint),
-         "--host", "127.0.0.1", "--port", str(port), "--max-output-tokens", "200",
+         "--host", "127.0.0.1", "--port", str(port), "--max-output-tokens", "100",
          "--plain-logs"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
     )

@@ -40,22 +40,57 @@ def run_conversation(base_url: str, mic_wav: Path, profile: Path, shot: Path,
             timeout=reply_timeout_ms,
         )
         page.wait_for_timeout(300)  # let the worklet's last clock report land
-        figures = page.evaluate(
-            """() => { const d = window.__demo; return {
-                playbackClockMs: d.playbackClockMs, audioReceivedMs: d.audioReceivedMs,
-                audioDiscardedMs: d.audioDiscardedMs, flushedMs: d.flushedMs,
-                appendsSent: d.appendsSent, bytesSent: d.bytesSent,
-                truncatesSent: d.truncatesSent, latencies: d.latencies,
-                lastLatencyMs: d.lastLatencyMs, errors: d.errors, state: d.state,
-                model: d.model, voice: d.voice, randomCheckpoint: d.randomCheckpoint}; }"""
+        return collect(page, shot, errors)
+
+
+def run_steered_conversation(base_url: str, mic_wav: Path, profile: Path, shot: Path,
+                             timeout_ms: int = 150_000) -> dict:
+    """Like run_conversation, but the test decides when the user talks (with the Mute button),
+    from what the page reports, so any server latency works: speak, mute, wait until the
+    reply is being heard, unmute (barge-in), speak, mute, wait for the second reply."""
+    with chromium_with_mic(profile, mic_wav, loop=True) as context:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(base_url + "/")
+        page.get_by_role("button", name="Connect").click()
+        page.wait_for_function("window.__demo.connected", timeout=15_000)
+        mute = page.locator("#mute")
+        page.wait_for_function("window.__demo.state === 'user'", timeout=15_000)
+        page.wait_for_timeout(2_000)
+        mute.click()
+        page.wait_for_function("window.__demo.playbackClockMs > 400", timeout=timeout_ms)
+        mute.click()  # unmute: the user talks over the reply
+        page.wait_for_function("window.__demo.truncatesSent.length >= 1", timeout=30_000)
+        page.wait_for_timeout(1_500)
+        mute.click()
+        page.wait_for_function(
+            "window.__demo.latencies.length >= 2 && window.__demo.queuedMs === 0"
+            " && window.__demo.state === 'listening'",
+            timeout=timeout_ms,
         )
-        figures["latency_text"] = page.locator("#latency").inner_text()
-        figures["assistant_texts"] = page.locator(".msg.assistant .text").all_inner_texts()
-        figures["user_bubbles"] = page.locator(".msg.user").count()
-        figures["page_errors"] = errors
-        shot.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(shot), full_page=True)
-        return figures
+        page.wait_for_timeout(300)
+        return collect(page, shot, errors)
+
+
+def collect(page, shot: Path, errors: list[str]) -> dict:
+    """The page's figures and texts, and a screenshot."""
+    figures = page.evaluate(
+        """() => { const d = window.__demo; return {
+            playbackClockMs: d.playbackClockMs, audioReceivedMs: d.audioReceivedMs,
+            audioDiscardedMs: d.audioDiscardedMs, flushedMs: d.flushedMs,
+            appendsSent: d.appendsSent, bytesSent: d.bytesSent,
+            truncatesSent: d.truncatesSent, latencies: d.latencies,
+            lastLatencyMs: d.lastLatencyMs, errors: d.errors, state: d.state,
+            model: d.model, voice: d.voice, randomCheckpoint: d.randomCheckpoint}; }"""
+    )
+    figures["latency_text"] = page.locator("#latency").inner_text()
+    figures["assistant_texts"] = page.locator(".msg.assistant .text").all_inner_texts()
+    figures["user_bubbles"] = page.locator(".msg.user").count()
+    figures["page_errors"] = errors
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    return figures
 
 
 def check_conversation(fig: dict) -> None:

@@ -1,4 +1,7 @@
-"""`stepaudio2-rt loadgen`: 10 users for 30 s, turns complete, barge-ins truncate, no errors."""
+"""`stepaudio2-rt loadgen` on the fake server: exact accounting of turns, barge-ins, errors.
+
+The 10 users x 30 s run of the issue is in test_clients_real_server.py, on the real server.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +14,20 @@ import httpx
 from tests.helpers import REPO
 
 
-def test_loadgen_ten_users_thirty_seconds(fake_server, hello_wav, tmp_path):
+def test_loadgen_counts_turns_and_barge_ins(fake_server, hello_wav, tmp_path):
     out = tmp_path / "load.json"
     proc = subprocess.run(
         [sys.executable, "-m", "server.cli", "loadgen",
          "--url", fake_server.replace("http", "ws") + "/v1/realtime",
-         "--users", "10", "--duration", "30", "--file", str(hello_wav),
-         "--barge-in-rate", "0.3", "--json", str(out)],
+         "--users", "5", "--duration", "12", "--file", str(hello_wav),
+         "--barge-in-rate", "0.4", "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["errors"] == 0, result["errors_by_code"]
     # A turn takes ~2 s of speech + 0.5 s VAD silence + <=3 s of reply + 0.5 s pause.
-    assert result["turns"] >= 10 * 4
+    assert result["turns"] >= 5 * 2
     assert result["latency_ms"]["count"] == result["turns"]
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
     assert result["interrupted_turns"] > 0
