@@ -271,7 +271,7 @@ function onEvent(event) {
       break;
     }
     case "conversation.item.input_audio_transcription.completed":
-      userBubbleFor(event.item_id).body.textContent = event.transcript || "(nothing heard)";
+      userBubbleFor(event.item_id).body.textContent = event.transcript || "(no words recognised)";
       break;
     case "conversation.item.input_audio_transcription.failed":
       addTag(userBubbleFor(event.item_id), "transcription failed");
@@ -303,7 +303,11 @@ function onEvent(event) {
         showError("The reply failed", err?.message || err?.code || "");
       } else if (r.status === "incomplete") {
         const item = items.get(currentItem?.id);
-        if (item) addTag(item.bubble, r.status_details?.reason || "incomplete");
+        const reason = r.status_details?.reason;
+        if (item) {
+          addTag(item.bubble, reason === "max_output_tokens" ? "reached the length limit"
+            : reason || "incomplete");
+        }
       }
       settle();
       break;
