@@ -7,7 +7,7 @@ import shutil
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnx
@@ -16,6 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tokenizer_audio.hift import HiFT, HiftDims
 
+if TYPE_CHECKING:
+    from tokenizer_audio.flow_config import FlowDims
+
 Size = Literal["tiny", "full"]
 
 TOKEN2WAV_FILES = (
@@ -23,7 +26,6 @@ TOKEN2WAV_FILES = (
 )
 TINY_HIFT_DIMS = HiftDims(base_channels=64, f0_channels=64)
 XVECTOR_DIM = 192
-N_CODES = 6561  # FSQ 3^8 (f.1 step 1)
 _ONNX_OPSET = 17
 _ONNX_IR_VERSION = 8  # readable by every onnxruntime >= 1.10
 
@@ -49,11 +51,11 @@ def random_hift(dims: HiftDims, seed: int) -> HiFT:
     return model.eval()
 
 
-def _flow_state(dims: object, seed: int) -> dict[str, torch.Tensor]:
-    """flow.pt tensors: T1's Flow built from `dims`, randomised with nothing zeroed (f.5a)."""
+def _flow_state(dims: FlowDims, seed: int) -> dict[str, torch.Tensor]:
+    """flow.pt tensors: our Flow built from `dims`, randomised with nothing zeroed (f.5a)."""
     from tokenizer_audio.flow import Flow, randomize_
 
-    flow = randomize_(Flow(dims), seed)  # type: ignore[arg-type]
+    flow = randomize_(Flow(dims), seed)
     return {name: t.contiguous() for name, t in flow.state_dict().items()}
 
 
