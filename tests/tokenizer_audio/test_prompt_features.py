@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import kaldi_native_fbank as knf
 import numpy as np
 import onnx
 import pytest
@@ -59,6 +58,8 @@ def test_mel_batches_and_frame_count() -> None:
 
 
 def test_fbank_matches_kaldi_native_fbank(wav16: np.ndarray) -> None:
+    import kaldi_native_fbank as knf  # dev-only reference (requirements: kaldi-native-fbank)
+
     opts = knf.FbankOptions()
     opts.frame_opts.dither = 0
     opts.frame_opts.samp_freq = 16_000
