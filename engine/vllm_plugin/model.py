@@ -41,6 +41,18 @@ from engine.encoder import AudioEncoder
 AUDIO_PATCH = "<audio_patch>"
 AUDIO_START = "<audio_start>"
 AUDIO_END = "<audio_end>"
+MIN_CPU_HEAD_SIZE = 32  # vLLM's CPU attention fails at the first generate below this
+
+
+def check_head_size(config: StepAudio2Config, *, on_cpu: bool) -> None:
+    """Refuse a decoder whose attention heads vLLM's CPU backend cannot run (clear message)."""
+    text = config.text_config
+    head_size = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    if on_cpu and head_size < MIN_CPU_HEAD_SIZE:
+        raise ValueError(
+            f"decoder attention head size {head_size} is below {MIN_CPU_HEAD_SIZE}, the smallest "
+            "vLLM's CPU attention supports (hidden_size / num_attention_heads)"
+        )
 
 
 class StepAudio2FeatureInputs(TensorSchema):
@@ -193,7 +205,10 @@ class StepAudio2ForCausalLM(nn.Module, SupportsMultiModal):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
+        from vllm.platforms import current_platform
+
         config: StepAudio2Config = vllm_config.model_config.hf_config
+        check_head_size(config, on_cpu=current_platform.is_cpu())
         dims = config.audio_dims
         self.config = config
         with self._mark_tower_model(vllm_config, "audio"):

@@ -74,6 +74,19 @@ def test_entry_point_registers_config_and_model(tiny_checkpoint: Path) -> None:
     assert isinstance(AutoConfig.from_pretrained(str(tiny_checkpoint)), StepAudio2Config)
 
 
+def test_cpu_refuses_attention_heads_below_32(tiny_checkpoint: Path) -> None:
+    from engine.config import load_config
+    from engine.vllm_plugin.model import check_head_size
+
+    config = load_config(tiny_checkpoint)
+    check_head_size(config, on_cpu=True)  # the tiny checkpoint has 32
+    config.text_config.num_attention_heads *= 2
+    config.text_config.head_dim = None
+    with pytest.raises(ValueError, match="head size 16 is below 32"):
+        check_head_size(config, on_cpu=True)
+    check_head_size(config, on_cpu=False)
+
+
 def test_load_weights_fills_every_parameter_from_the_released_names(
     llm, tiny_checkpoint: Path
 ) -> None:
