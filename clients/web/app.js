@@ -511,6 +511,7 @@ const SESSION_KEYS = new Set([
 ]);
 const MIC_KEYS = new Set(["echoCancellation", "noiseSuppression", "autoGainControl"]);
 let sessionTimer = null;
+let restTimer = null;
 
 function updateSetting(key, value) {
   settings[key] = value;
@@ -519,6 +520,13 @@ function updateSetting(key, value) {
   if (SESSION_KEYS.has(key) && conn) {
     clearTimeout(sessionTimer); // typing in a field sends one update, not one per key
     sessionTimer = setTimeout(() => conn?.send(sessionUpdate(settings)), 300);
+  }
+  if (key === "apiKey") {
+    clearTimeout(restTimer); // the REST API may need the key too: read info and voices again
+    restTimer = setTimeout(() => {
+      loadInfo();
+      loadVoices();
+    }, 500);
   }
   if (MIC_KEYS.has(key) && mic) {
     mic.applyProcessing(settings).catch((err) => showError("Microphone setting", err.message));

@@ -60,6 +60,9 @@ def create_app(reply_seconds: float, pace: float) -> FastAPI:
     async def realtime(ws: WebSocket) -> None:
         offered = ws.scope.get("subprotocols") or []
         log["subprotocols"].append(offered)
+        if "openai-insecure-api-key.sk-wrong" in offered:
+            await ws.close(code=1008)  # refused before the handshake: HTTP 403
+            return
         await ws.accept(subprotocol="realtime" if "realtime" in offered else None)
         session = Session(ws, new_id, log, reply_seconds, pace)
         await session.run()

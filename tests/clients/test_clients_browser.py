@@ -191,3 +191,20 @@ def test_settings_survive_a_reload_and_reach_the_server(fake_server, hello_wav, 
         assert log["events"].get("input_audio_buffer.commit") == 1
         assert log["events"].get("response.create") == 1
         assert demo(page, "appendsSent") >= 10
+
+
+def test_a_refused_key_is_a_clear_error(fake_server, tmp_path):
+    with chromium_with_mic(tmp_path / "profile", None) as context:
+        page = context.new_page()
+        page.goto(fake_server + "/")
+        page.get_by_label("API key").fill("sk-wrong")
+        page.get_by_role("button", name="Connect").click()
+        page.get_by_text("the server refused the connection").wait_for(timeout=15_000)
+        assert not demo(page, "connected") and demo(page, "state") == "disconnected"
+        assert page.get_by_role("button", name="Connect").is_enabled()
+        # Dismissable, and the page works on: the right key connects.
+        page.get_by_role("button", name="Dismiss error").click()
+        assert page.locator(".error").count() == 0
+        page.get_by_label("API key").fill("sk-right")
+        page.get_by_role("button", name="Connect").click()
+        page.wait_for_function("window.__demo.connected", timeout=15_000)
