@@ -127,16 +127,17 @@ async def test_spoken_turns_succeed_and_spread_over_both_engines(cluster: Cluste
 
 
 async def serving_engine(
-    cluster: Cluster, response_done: asyncio.Task, timeout: float = 180
+    cluster: Cluster, session: RealtimeClient, response_done: asyncio.Task, timeout: float = 180
 ) -> VllmServer | None:
-    """The engine running the response's request, or None if the response ended first."""
+    """The engine streaming the response (output has begun), or None if the response ended."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not response_done.done():
-        assert loop.time() < deadline, "no engine started the response's request"
-        for engine in cluster.engines:
-            if engine.alive() and await asyncio.to_thread(engine.running_requests) > 0:
-                return engine
+        assert loop.time() < deadline, "the response produced no output"
+        if any(e["type"] == "response.output_item.added" for e in session.events):
+            for engine in cluster.engines:
+                if engine.alive() and await asyncio.to_thread(engine.running_requests) > 0:
+                    return engine
         await asyncio.sleep(0.05)
     return None
 
@@ -157,8 +158,9 @@ async def test_engine_killed_mid_response_then_restarted(cluster: Cluster) -> No
         for _attempt in range(3):
             await session.append_audio(cluster.pcm)
             await session.until("response.created")
+            session.events.clear()
             response_done = asyncio.create_task(session.until("response.done"))
-            victim = await serving_engine(cluster, response_done)
+            victim = await serving_engine(cluster, session, response_done)
             if victim is not None:
                 await asyncio.to_thread(victim.kill)
             events = await response_done
@@ -175,6 +177,8 @@ async def test_engine_killed_mid_response_then_restarted(cluster: Cluster) -> No
         done = events[-1]["response"]
         assert done["status"] == "failed", done
         assert events.index(errors[0]) < len(events) - 1  # the error comes before response.done
+        # The reply had begun: its message item is closed as incomplete, not left open.
+        assert [item["status"] for item in done["output"]] == ["incomplete"], done
         assert await failed_responses(cluster) == failed_before + 1
 
         # The same session's next turn runs on the engine that is still alive.
