@@ -50,9 +50,14 @@ class Process:
             log.write(f"\n===== start {self.starts}: {' '.join(self.argv)}\n".encode())
             log.flush()
             # Its own process group: vLLM's engine core is a child process that dies with it.
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=REPO,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+            )
         progress(f"started {self.name} (pid {self.proc.pid})")
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -109,12 +114,26 @@ class VllmServer(Process):
     """`python -m vllm.entrypoints.openai.api_server` serving the checkpoint, as users run it."""
 
     def __init__(self, name: str, model_dir: Path, port: int, log_dir: Path) -> None:
-        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-                "--model", str(model_dir), "--served-model-name", SERVED_MODEL_NAME,
-                "--host", "127.0.0.1", "--port", str(port),
-                "--max-model-len", "4096", "--max-num-seqs", "4", "--enforce-eager",
-                # The remote engine sends its own chat template (engine/remote.py).
-                "--trust-request-chat-template"]
+        argv = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_dir),
+            "--served-model-name",
+            SERVED_MODEL_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            "4096",
+            "--max-num-seqs",
+            "4",
+            "--enforce-eager",
+            # The remote engine sends its own chat template (engine/remote.py).
+            "--trust-request-chat-template",
+        ]
         super().__init__(name, argv, log_dir / f"{name}.log", os.environ | VLLM_ENV)
         self.url = f"http://127.0.0.1:{port}"
 
@@ -129,8 +148,10 @@ class VllmServer(Process):
     def finished_requests(self) -> int:
         """Requests this server finished normally (stop or length) since it started."""
         name = "vllm:request_success_total"
-        return int(self.metric(name, {"finished_reason": "stop"})
-                   + self.metric(name, {"finished_reason": "length"}))
+        return int(
+            self.metric(name, {"finished_reason": "stop"})
+            + self.metric(name, {"finished_reason": "length"})
+        )
 
     def running_requests(self) -> int:
         return int(self.metric("vllm:num_requests_running"))
@@ -140,8 +161,19 @@ class Gateway(Process):
     """`python -m server.cli serve` in front of the given vLLM servers."""
 
     def __init__(self, model_dir: Path, port: int, engine_urls: list[str], log_dir: Path) -> None:
-        argv = [sys.executable, "-m", "server.cli", "serve", "--model", str(model_dir),
-                "--host", "127.0.0.1", "--port", str(port), "--plain-logs"]
+        argv = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--plain-logs",
+        ]
         for url in engine_urls:
             argv += ["--engine-url", url]
         super().__init__("gateway", argv, log_dir / "gateway.log", os.environ | VLLM_ENV)
@@ -175,8 +207,9 @@ def metric_sum(text: str, name: str, labels: dict[str, str] | None = None) -> fl
 def spoken_pcm16(text: str, rate: int = 24_000, lead_s: float = 0.3, tail_s: float = 1.2) -> bytes:
     """espeak-ng speech with silence around it (the tail ends the turn under server VAD)."""
     voice = speech(text, sample_rate=rate)
-    samples = np.concatenate([np.zeros(int(lead_s * rate), np.float32), voice,
-                              np.zeros(int(tail_s * rate), np.float32)])
+    samples = np.concatenate(
+        [np.zeros(int(lead_s * rate), np.float32), voice, np.zeros(int(tail_s * rate), np.float32)]
+    )
     return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
@@ -224,7 +257,7 @@ class RealtimeClient:
 
     async def append_audio(self, pcm: bytes, chunk_bytes: int = 9600) -> None:
         for start in range(0, len(pcm), chunk_bytes):
-            chunk = base64.b64encode(pcm[start:start + chunk_bytes]).decode("ascii")
+            chunk = base64.b64encode(pcm[start : start + chunk_bytes]).decode("ascii")
             await self.send({"type": "input_audio_buffer.append", "audio": chunk})
 
     async def spoken_turn(self, pcm: bytes, timeout: float = 240) -> list[dict[str, Any]]:

@@ -85,8 +85,12 @@ def assert_succeeded(events: list[dict]) -> None:
 
 def audio_bytes(sessions: list[RealtimeClient]) -> int:
     """Speech the gateway sent these sessions (the random model ends some replies at once)."""
-    return sum(len(base64.b64decode(e["delta"])) for s in sessions for e in s.events
-               if e["type"] == "response.output_audio.delta")
+    return sum(
+        len(base64.b64decode(e["delta"]))
+        for s in sessions
+        for e in s.events
+        if e["type"] == "response.output_audio.delta"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -149,7 +153,8 @@ async def restart(engine: VllmServer) -> None:
 
 async def failed_responses(cluster: Cluster) -> float:
     return await asyncio.to_thread(
-        cluster.gateway.metric, "stepaudio2_responses_total", {"status": "failed"})
+        cluster.gateway.metric, "stepaudio2_responses_total", {"status": "failed"}
+    )
 
 
 async def test_engine_killed_mid_response_then_restarted(cluster: Cluster) -> None:
