@@ -174,7 +174,10 @@ class RemoteEngine:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.health_interval)
-            await self.check_health()
+            try:
+                await self.check_health()
+            except Exception:  # keep polling: a stopped loop would never put servers back
+                log.exception("engine health check failed")
 
     def pick_server(self) -> Server:
         """The healthy server with the fewest requests in flight (first listed on ties)."""
