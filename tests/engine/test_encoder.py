@@ -93,3 +93,37 @@ def test_bf16_runs_and_stays_close_to_fp32() -> None:
     n = int(n32[0])
     err = (y16[0, :n].float() - y32[0, :n]).norm() / y32[0, :n].norm()
     assert err < 0.05
+
+
+def test_encoder_equals_transformers_qwen2_audio_encoder() -> None:
+    """Same architecture as Qwen2-Audio's encoder (the release's initialisation, spec 0): with
+    the weights renamed, an unpadded 1 s chunk (102 frames, all valid) gives the same states."""
+    from transformers import Qwen2AudioEncoderConfig
+    from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncoder
+
+    encoder, _ = small_modules()
+    mel = audio.log_mel(speech("One second of speech, more or less.")[:16_000])
+    n_frames = mel.shape[1]
+    assert n_frames == 102
+    config = Qwen2AudioEncoderConfig(
+        num_mel_bins=128, encoder_layers=2, encoder_attention_heads=N_HEAD,
+        encoder_ffn_dim=4 * N_STATE, d_model=N_STATE, max_source_positions=n_frames // 2,
+    )
+    config._attn_implementation = "eager"
+    theirs = Qwen2AudioEncoder(config).eval()
+    renames = {"attn.query": "self_attn.q_proj", "attn.key": "self_attn.k_proj",
+               "attn.value": "self_attn.v_proj", "attn.out": "self_attn.out_proj",
+               "attn_ln": "self_attn_layer_norm", "mlp.0": "fc1", "mlp.2": "fc2",
+               "mlp_ln": "final_layer_norm", "blocks.": "layers.", "after_norm": "layer_norm"}
+    state = {}
+    for name, value in encoder.state_dict().items():
+        if name == "positional_embedding.weight":
+            name, value = "embed_positions.weight", value[: n_frames // 2]
+        for ours, hf in renames.items():
+            name = name.replace(ours, hf)
+        state[name] = value
+    theirs.load_state_dict(state)
+    with torch.no_grad():
+        ours_h, _ = encoder(mel[None], torch.tensor([n_frames]))
+        ref = theirs(mel[None]).last_hidden_state
+    torch.testing.assert_close(ours_h, ref, atol=1e-4, rtol=1e-4)
