@@ -91,8 +91,11 @@ def _usage(parser: OutputParser, prompt_tokens: int) -> ev.Usage:
 class ResponseRunner:
     """Runs one response; `run()` is the task body, `cancel_reason` is set before cancelling."""
 
-    def __init__(self, plan: ResponsePlan, deps: ResponseDeps, emit: Emit) -> None:
+    def __init__(self, plan: ResponsePlan, deps: ResponseDeps, emit: Emit,
+                 on_finished: Callable[[ResponseRunner], None] | None = None) -> None:
         self.plan = plan
+        self._on_finished = on_finished
+        self.settled = False  # set by the session once it has taken the outcome
         self.deps = deps
         self._emit = emit
         self.id = plan.response.id
@@ -362,6 +365,8 @@ class ResponseRunner:
             self.deps.metrics.errors.labels(code=errors.ENGINE_ERROR).inc()
         self._emit(ev.ResponseDone(response=response), None, None)
         self.deps.metrics.responses.labels(status=status).inc()
+        if self._on_finished is not None:
+            self._on_finished(self)
 
     def _emit_call(self, call: FunctionCall, index: int, previous: str | None) -> FunctionCallItem:
         rid = self.id

@@ -683,8 +683,11 @@ class RealtimeSession:
             previous_item_id=self.conversation.last_id(), in_conversation=in_conversation,
             audio_delta_ms=self.settings.audio_delta_ms,
         )
-        runner = ResponseRunner(plan, self.deps, self.emit)
-        task = asyncio.create_task(self._run_response(runner))
+        runner = ResponseRunner(plan, self.deps, self.emit, on_finished=self._response_ended)
+        task = asyncio.create_task(runner.run())
+        # Also when the task is cancelled before it ever ran (speech stopped and started again
+        # within one append): then the runner could not report its end itself.
+        task.add_done_callback(lambda _task: self._response_ended(runner))
         self._active = _Active(runner, task)
         self._pending_response = False
         self._turn(TurnEvent.RESPONSE_STARTED)
@@ -724,13 +727,14 @@ class RealtimeSession:
                     messages.append(ToolResult(names.get(item.call_id, ""), item.output))
         return messages
 
-    async def _run_response(self, runner: ResponseRunner) -> None:
-        try:
-            await runner.run()
-        finally:
-            self._response_ended(runner)
-
     def _response_ended(self, runner: ResponseRunner) -> None:
+        """The response sent its `response.done` (or never started): settle the conversation.
+
+        Called once per runner, as its closing events are queued, so that a `response.create`
+        answering `response.done` never meets a stale active response."""
+        if runner.settled:
+            return
+        runner.settled = True
         outcome = runner.outcome
         if self._active is not None and self._active.runner is runner:
             self._active = None
@@ -756,9 +760,10 @@ class RealtimeSession:
         self._turn(TurnEvent.RESPONSE_FINISHED)
         if self._detector is not None:
             self._detector.restart_idle()
-        if self._closing or outcome.status == "cancelled":
+        if self._closing:
             return
-        if follow_up or self._pending_response:
+        # A user turn that ended meanwhile gets its reply even when this one was cancelled.
+        if self._pending_response or follow_up:
             self._start_response(ResponseCreateEvent(type="response.create"))
 
 

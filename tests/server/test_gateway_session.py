@@ -563,3 +563,22 @@ async def test_idle_session_is_closed(tokenizer):
             while True:
                 await client.recv(timeout=10)
         assert closed.value.rcvd.code == 1000 and closed.value.rcvd.reason == "idle timeout"
+
+
+async def test_turns_back_to_back_after_a_barge_in_still_get_a_reply(tokenizer, hello_pcm):
+    # Speech that stops and starts again inside one append: a reply created and interrupted
+    # before it ever ran must not block the next turn's reply.
+    engine = make_engine(tokenizer, n_codes=2000, step_s=0.004)
+    with serving(tokenizer, engine=engine) as server:
+        client = await session(server)
+        await client.append_audio(hello_pcm)
+        await client.until("response.output_audio.delta")
+        await client.append_audio(pcm16(utterance("no, stop", tail_s=0.0)))
+        assert (await client.until("response.done"))[-1]["response"]["status"] == "cancelled"
+        engine.replies = [ta4_reply(engine.vocab, 8)]
+        await client.append_audio(hello_pcm)
+        events = await client.until("response.done")
+        while events[-1]["response"]["status"] == "cancelled":
+            events = await client.until("response.done")
+        assert events[-1]["response"]["status"] == "completed"
+        await client.close()
