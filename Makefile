@@ -22,4 +22,3 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
