@@ -93,7 +93,9 @@ def collect(page, shot: Path, errors: list[str]) -> dict:
     return figures
 
 
-def check_conversation(fig: dict) -> None:
+def check_conversation(fig: dict, exact_turns: bool = True) -> None:
+    """The page's side of two turns, the first interrupted. With a real VAD on looping speech
+    a turn may split in two (`exact_turns=False`): then at least two."""
     assert fig["page_errors"] == [] and fig["errors"] == []
     # Microphone audio went out in 20 ms appends (~24 kHz pcm16 = 960 bytes each).
     assert fig["appendsSent"] > 100
@@ -103,12 +105,17 @@ def check_conversation(fig: dict) -> None:
     assert fig["audioReceivedMs"] > 1000
     assert abs(fig["audioReceivedMs"] - accounted) < 50
     assert fig["flushedMs"] + fig["audioDiscardedMs"] > 0  # the interrupted reply was cut
-    (truncate,) = fig["truncatesSent"]
+    assert len(fig["truncatesSent"]) == 1 or (not exact_turns and fig["truncatesSent"])
+    truncate = fig["truncatesSent"][0]
     # The truncate carries what was actually played of that reply.
     assert 0 < truncate["audio_end_ms"] < truncate["received_ms"]
-    assert len(fig["latencies"]) == 2 and all(0 < ms < 30_000 for ms in fig["latencies"])
+    assert all(ms > 0 for ms in fig["latencies"])
     assert fig["latency_text"] == f"{fig['lastLatencyMs']} ms"
-    assert fig["user_bubbles"] == 2 and len(fig["assistant_texts"]) == 2
+    counts = (len(fig["latencies"]), fig["user_bubbles"], len(fig["assistant_texts"]))
+    if exact_turns:
+        assert counts == (2, 2, 2)
+    else:
+        assert min(counts) >= 2
     assert fig["state"] == "listening"
 
 

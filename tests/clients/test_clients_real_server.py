@@ -35,7 +35,7 @@ def test_page_against_the_real_server(real_server, tmp_path):
     mic = speech_file(tmp_path / "mic.wav", "Hello, can you tell me a story?", 0.3)
     fig = run_steered_conversation(real_server, mic, tmp_path / "profile",
                                    OUTPUT / "real-server-conversation.png")
-    check_conversation(fig)
+    check_conversation(fig, exact_turns=False)
     assert fig["randomCheckpoint"]  # the banner says the weights are random
     assert fig["model"] == "step-audio-2-mini" and fig["voice"] == "default"
 
