@@ -283,6 +283,8 @@ def write_checkpoint(out_dir: str | Path, *, size: Size, seed: int = 0) -> Path:
     def blocks(name: str, shape: list[int]) -> Iterator[torch.Tensor]:
         return _tensor_blocks(name, shape, seed, hidden, shaping)
 
+    for stale in out.glob("model-?????-of-?????.safetensors"):
+        stale.unlink()  # shards of an earlier checkpoint in this folder (as save_pretrained does)
     weight_map: dict[str, str] = {}
     total = 0
     for i, names in enumerate(plan):

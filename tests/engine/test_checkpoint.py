@@ -63,6 +63,9 @@ def test_tiny_checkpoint_layout(tiny_checkpoint: Path) -> None:
 def test_same_seed_gives_identical_files_other_seed_differs(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
+    # written over a folder holding shards of another checkpoint: those must not linger
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "model-00004-of-00004.safetensors").write_bytes(b"old")
     again = write_tiny_checkpoint(tmp_path / "again", seed=0)
     def files(root: Path) -> list[Path]:
         return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
