@@ -14,8 +14,8 @@ ADAPTER_HIDDEN = 2048  # linear1 width of the release (spec b.2); not stored in 
 class Adapter(nn.Module):
     """conv (stride 2) -> GELU -> linear1 -> ReLU -> linear2 (spec b.4).
 
-    Encoder frames past an item's valid length are zeroed before the conv, so the last token
-    of a short item is the same alone or in a padded batch (as if the conv padded it with 0).
+    Like the reference, the conv reads every encoder frame it is given, including the frame
+    past an item's valid length; `AudioEncoder` zeroes the frames that only batch padding made.
     """
 
     def __init__(
@@ -35,9 +35,6 @@ class Adapter(nn.Module):
         self, h: torch.Tensor, enc_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """h [B, T_enc, n_state], enc_lengths [B] -> (y [B, T_tok, llm_dim], tok_lengths [B])."""
-        enc_lengths = enc_lengths.to(device=h.device, dtype=torch.long)
-        valid = torch.arange(h.shape[1], device=h.device)[None, :] < enc_lengths[:, None]
-        x = h.masked_fill(~valid[:, :, None], 0.0).transpose(1, 2)
-        x = F.gelu(self.conv(x)).transpose(1, 2)
+        x = F.gelu(self.conv(h.transpose(1, 2))).transpose(1, 2)
         y = self.linear2(F.relu(self.linear1(x)))
         return y, adapter_output_length(enc_lengths, self.kernel_size, self.stride)

@@ -119,6 +119,11 @@ def encoder_input_length(n_frames: int) -> int:
     return max(n_frames - 2, 0)
 
 
+def mel_frames_of_item(len_in: _IntOrTensor) -> _IntOrTensor:
+    """The mel length of an item whose valid encoder length is `len_in` (inverse of the above)."""
+    return len_in + 2
+
+
 def encoder_output_length(len_in: _IntOrTensor) -> _IntOrTensor:
     """Encoder frames (25 Hz) for `len_in` valid mel frames: stride-2 conv, then pool by 2."""
     return (len_in + 1) // 2 // 2

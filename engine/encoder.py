@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.audio import encoder_output_length
+from engine.audio import encoder_output_length, mel_frames_of_item
 
 LAYER_NORM_EPS = 1e-5
 MASK_VALUE = -1e10  # additive attention bias on padded keys (reference value)
@@ -83,8 +83,13 @@ class AudioEncoder(nn.Module):
         self, mel: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """mel [B, n_mels, T], lengths [B] valid mel frames -> (h [B, T_enc, n_state], [B])."""
+        # Each item is computed as if alone: conv1 frames past the item's own mel (which only
+        # batch padding made) are zeroed, so conv2 sees the zero padding it sees alone.
+        lengths = lengths.to(device=mel.device, dtype=torch.long)
+        n_mel = mel_frames_of_item(lengths)
         x = F.gelu(self.conv1(mel.to(self.conv1.weight.dtype)))
-        x = F.gelu(self.conv2(x))  # [B, C, ceil(T / 2)]
+        own = torch.arange(x.shape[-1], device=x.device)[None, :] < n_mel[:, None]
+        x = F.gelu(self.conv2(x.masked_fill(~own[:, None, :], 0.0)))  # [B, C, ceil(T / 2)]
         t2 = x.shape[-1]
         if t2 > self.n_ctx:
             raise ValueError(
@@ -92,7 +97,6 @@ class AudioEncoder(nn.Module):
             )
         x = x.transpose(1, 2) + self.positional_embedding.weight[:t2]
         # The first ceil(len / 2) conv2 frames of an item are valid (spec b.4).
-        lengths = lengths.to(device=x.device, dtype=torch.long)
         valid = torch.arange(t2, device=x.device)[None, :] < ((lengths + 1) // 2)[:, None]
         key_bias = torch.zeros(valid.shape, dtype=torch.float32, device=x.device)
         key_bias = key_bias.masked_fill(~valid, MASK_VALUE)[:, None, None, :]
@@ -100,4 +104,9 @@ class AudioEncoder(nn.Module):
             x = block(x, key_bias)
         x = self.avg_pooler(x.transpose(1, 2)).transpose(1, 2)
         x = self.after_norm(x)
+        # Pooled frames the item alone would not have are zeroed too: the adapter's conv then
+        # sees its own zero padding there. (Like the reference, it does read the item's frame
+        # past the valid length when there is one.)
+        own = torch.arange(x.shape[1], device=x.device)[None, :] < ((n_mel + 1) // 2 // 2)[:, None]
+        x = x.masked_fill(~own[:, :, None], 0.0)
         return x, encoder_output_length(lengths)
