@@ -362,7 +362,6 @@ class ResponseRunner:
             self._emit(ev.ErrorEvent.of(ProtocolError(
                 code=errors.ENGINE_ERROR, type=errors.SERVER_ERROR,
                 message=f"Response {rid} failed: {error}")), None, None)
-            self.deps.metrics.errors.labels(code=errors.ENGINE_ERROR).inc()
         self._emit(ev.ResponseDone(response=response), None, None)
         self.deps.metrics.responses.labels(status=status).inc()
         if self._on_finished is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from engine.prompt import Assistant, Message, System, ToolResult, User
+from engine.prompt import Assistant, Message, System, ToolResult, User, build_prompt
 from engine.prompt import FunctionCall as PromptCall
 from engine.types import SamplingParams
 from server import conversation as conv
@@ -224,6 +225,12 @@ class RealtimeSession:
                 await self._dispatch(event)
             except _Refusal as refusal:
                 self.error(refusal.error.model_copy(update={"event_id": event.event_id}))
+            except Exception:
+                # A bug in one handler must not end the conversation: say so and go on.
+                log.exception("handler failed", extra={"event_type": event.type})
+                self.error(ProtocolError(code=errors.INTERNAL_ERROR, type=errors.SERVER_ERROR,
+                                         message=f"The server failed to handle '{event.type}'.",
+                                         event_id=event.event_id))
 
     async def _dispatch(self, event: Any) -> None:
         match event:
@@ -499,6 +506,10 @@ class RealtimeSession:
     def _internal_item(self, wire: Any, item_id: str) -> conv.Item:
         match wire:
             case FunctionCallItem():
+                if not _is_json_object(wire.arguments or "{}"):
+                    raise _Refusal(errors.INVALID_EVENT,
+                                   "A function_call's arguments must be a JSON object.",
+                                   "item.arguments")
                 return conv.FunctionCall(id=item_id, call_id=wire.call_id, name=wire.name,
                                          arguments=wire.arguments)
             case FunctionCallOutputItem():
@@ -666,10 +677,14 @@ class RealtimeSession:
             items = [self._internal_item(i, i.id or new_item_id()) for i in params.input]
         else:
             items = list(self.conversation)
-        from engine.prompt import build_prompt
-
-        prompt = build_prompt(self._messages(instructions, items), tools=schemas or None,
-                              speech=speech)
+        try:
+            prompt = build_prompt(self._messages(instructions, items), tools=schemas or None,
+                                  speech=speech)
+        except (ValueError, TypeError) as exc:
+            # E.g. a client function_call item whose arguments are not a JSON object.
+            self.error(ProtocolError(code=errors.INVALID_ITEM,
+                                     message=f"Cannot build the prompt: {exc}"))
+            return
         response = ev.Response(
             id=new_response_id(), output_modalities=modalities,
             conversation_id=None if not in_conversation else f"conv_{self.id[5:]}",
@@ -765,6 +780,13 @@ class RealtimeSession:
         # A user turn that ended meanwhile gets its reply even when this one was cancelled.
         if self._pending_response or follow_up:
             self._start_response(ResponseCreateEvent(type="response.create"))
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 class _Refusal(Exception):

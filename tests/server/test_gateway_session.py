@@ -582,3 +582,19 @@ async def test_turns_back_to_back_after_a_barge_in_still_get_a_reply(tokenizer, 
             events = await client.until("response.done")
         assert events[-1]["response"]["status"] == "completed"
         await client.close()
+
+
+async def test_function_call_item_with_bad_arguments_is_refused(tokenizer):
+    with serving(tokenizer) as server:
+        client = await session(server)
+        await client.send({"type": "conversation.item.create", "event_id": "f1", "item": {
+            "type": "function_call", "call_id": "c1", "name": "f", "arguments": "{oops"}})
+        error = await client.recv()
+        assert error["error"]["code"] == "invalid_event"
+        assert (error["error"]["param"], error["error"]["event_id"]) == ("item.arguments", "f1")
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done")
+        assert events[-1]["response"]["status"] == "completed"
+        await client.close()
