@@ -37,18 +37,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=DEFAULT_URL, help="realtime websocket URL")
     parser.add_argument("--users", type=int, default=10, help="simultaneous sessions")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
-    parser.add_argument("--file", type=Path, required=True, action="append",
-                        help="speech WAV (repeat for several; users take turns through them)")
-    parser.add_argument("--barge-in-rate", type=float, default=0.0, metavar="P",
-                        help="probability that a reply is interrupted by the next utterance")
+    parser.add_argument(
+        "--file",
+        type=Path,
+        required=True,
+        action="append",
+        help="speech WAV (repeat for several; users take turns through them)",
+    )
+    parser.add_argument(
+        "--barge-in-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that a reply is interrupted by the next utterance",
+    )
     parser.add_argument("--pause", type=float, default=0.5, help="silence between turns (s)")
     parser.add_argument("--ramp", type=float, default=1.0, help="seconds over which users join")
     parser.add_argument("--api-key", help="API key (sent as Authorization: Bearer)")
     parser.add_argument("--model", default="step-audio-2-mini")
     parser.add_argument("--voice", help="voice name")
     parser.add_argument("--max-output-tokens", type=int, help="cap the length of each reply")
-    parser.add_argument("--turn-timeout", type=float, default=60.0,
-                        help="seconds a reply may take before it counts as an error")
+    parser.add_argument(
+        "--turn-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a reply may take before it counts as an error",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the report as JSON here")
 
@@ -145,8 +159,9 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     stats = Stats()
     started = time.monotonic()
     deadline = started + args.duration
-    print(f"loadgen: {args.users} users for {args.duration:g} s against {args.url}",
-          file=sys.stderr)
+    print(
+        f"loadgen: {args.users} users for {args.duration:g} s against {args.url}", file=sys.stderr
+    )
     progress = asyncio.create_task(_progress(started, deadline))
     try:
         await asyncio.gather(
@@ -161,8 +176,10 @@ async def _progress(started: float, deadline: float) -> None:
     while True:
         await asyncio.sleep(5.0)
         left = max(0.0, deadline - time.monotonic())  # then users finish their last turn
-        print(f"loadgen: {time.monotonic() - started:.0f} s elapsed, {left:.0f} s of load left",
-              file=sys.stderr)
+        print(
+            f"loadgen: {time.monotonic() - started:.0f} s elapsed, {left:.0f} s of load left",
+            file=sys.stderr,
+        )
 
 
 def report(args: argparse.Namespace, stats: Stats, elapsed: float) -> dict[str, Any]:
@@ -215,8 +232,9 @@ def print_table(result: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.users < 1 or args.duration <= 0 or not 0.0 <= args.barge_in_rate <= 1.0:
-        print("error: need --users >= 1, --duration > 0, 0 <= --barge-in-rate <= 1",
-              file=sys.stderr)
+        print(
+            "error: need --users >= 1, --duration > 0, 0 <= --barge-in-rate <= 1", file=sys.stderr
+        )
         return 2
     try:
         result = asyncio.run(run_load(args))

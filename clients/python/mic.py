@@ -89,10 +89,16 @@ async def talk_microphone(
     await client.send(session_event)
     print("listening: speak now (Ctrl-C to stop)", file=sys.stderr)
     with (
-        sd.InputStream(samplerate=SAMPLE_RATE, channels=1, dtype="float32",
-                       blocksize=CHUNK_SAMPLES, callback=on_input),
-        sd.OutputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16",
-                        callback=speaker.callback),
+        sd.InputStream(
+            samplerate=SAMPLE_RATE,
+            channels=1,
+            dtype="float32",
+            blocksize=CHUNK_SAMPLES,
+            callback=on_input,
+        ),
+        sd.OutputStream(
+            samplerate=SAMPLE_RATE, channels=1, dtype="int16", callback=speaker.callback
+        ),
     ):
         sender = asyncio.create_task(send_mic())
         try:

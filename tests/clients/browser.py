@@ -32,7 +32,10 @@ def chromium_with_mic(
         args.append(f"--use-file-for-fake-audio-capture={mic_wav}{'' if loop else '%noloop'}")
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=args,
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=args,
             viewport={"width": 1280, "height": 860},
         )
         try:

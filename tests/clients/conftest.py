@@ -69,10 +69,24 @@ def real_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     port = free_port()
     log = (tmp_path_factory.mktemp("serve") / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--model", str(tiny_checkpoint),
-         "--host", "127.0.0.1", "--port", str(port), "--max-output-tokens", "100",
-         "--plain-logs"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--model",
+            str(tiny_checkpoint),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-output-tokens",
+            "100",
+            "--plain-logs",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         try:

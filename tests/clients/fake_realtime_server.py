@@ -42,8 +42,11 @@ def create_app(reply_seconds: float, pace: float) -> FastAPI:
 
     @app.get("/v1/voices")
     async def list_voices() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": v, "name": v} for v in voices],
-                "default": "default"}
+        return {
+            "object": "list",
+            "data": [{"id": v, "name": v} for v in voices],
+            "default": "default",
+        }
 
     @app.post("/v1/voices", status_code=201)
     async def add_voice(name: str = Form(...), file: UploadFile = Form(...)) -> dict[str, Any]:
@@ -94,8 +97,17 @@ class Session:
         await self.ws.send_text(json.dumps({"event_id": self.new_id("event"), **event}))
 
     async def error(self, code: str, message: str, event_id: str | None) -> None:
-        await self.send({"type": "error", "error": {"type": "invalid_request_error",
-                         "code": code, "message": message, "event_id": event_id}})
+        await self.send(
+            {
+                "type": "error",
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": code,
+                    "message": message,
+                    "event_id": event_id,
+                },
+            }
+        )
 
     async def run(self) -> None:
         await self.send({"type": "session.created", "session": {"type": "realtime"}})
@@ -120,8 +132,9 @@ class Session:
             self.vad = td is not None
             if td:
                 self.silence_ms = int(td.get("silence_duration_ms", 500))
-            self.transcribe = bool(audio_in.get("transcription") or s.get(
-                "input_audio_transcription"))
+            self.transcribe = bool(
+                audio_in.get("transcription") or s.get("input_audio_transcription")
+            )
             await self.send({"type": "session.updated", "session": s})
         elif kind == "input_audio_buffer.append":
             pcm = np.frombuffer(base64.b64decode(event["audio"]), "<i2") / 32768.0
@@ -132,21 +145,31 @@ class Session:
             self.start_response()
         elif kind == "response.cancel":
             if self.response is None or self.response.done():
-                await self.error("response_cancel_not_active",
-                                 "Cancellation failed: no active response found",
-                                 event.get("event_id"))
+                await self.error(
+                    "response_cancel_not_active",
+                    "Cancellation failed: no active response found",
+                    event.get("event_id"),
+                )
             else:
                 self.response.cancel()
         elif kind == "conversation.item.truncate":
             item, end_ms = event.get("item_id"), int(event.get("audio_end_ms", -1))
-            self.log["truncates"].append({"item_id": item, "audio_end_ms": end_ms,
-                                          "sent_ms": self.sent_ms.get(item)})
+            self.log["truncates"].append(
+                {"item_id": item, "audio_end_ms": end_ms, "sent_ms": self.sent_ms.get(item)}
+            )
             if item not in self.sent_ms or not 0 <= end_ms <= self.sent_ms[item]:
-                await self.error("invalid_value", "truncate past the audio sent",
-                                 event.get("event_id"))
+                await self.error(
+                    "invalid_value", "truncate past the audio sent", event.get("event_id")
+                )
                 return
-            await self.send({"type": "conversation.item.truncated", "item_id": item,
-                             "content_index": 0, "audio_end_ms": end_ms})
+            await self.send(
+                {
+                    "type": "conversation.item.truncated",
+                    "item_id": item,
+                    "content_index": 0,
+                    "audio_end_ms": end_ms,
+                }
+            )
         else:
             await self.error("unknown_event", f"unsupported event {kind}", event.get("event_id"))
 
@@ -165,24 +188,43 @@ class Session:
                 self.user_item = self.new_id("item")
                 if self.response is not None and not self.response.done():
                     self.response.cancel()  # barge-in
-                await self.send({"type": "input_audio_buffer.speech_started",
-                                 "audio_start_ms": self.input_ms - 40, "item_id": self.user_item})
+                await self.send(
+                    {
+                        "type": "input_audio_buffer.speech_started",
+                        "audio_start_ms": self.input_ms - 40,
+                        "item_id": self.user_item,
+                    }
+                )
             elif self.in_speech and self.silent_frames * 20 >= self.silence_ms:
                 self.in_speech = False
-                await self.send({"type": "input_audio_buffer.speech_stopped",
-                                 "audio_end_ms": self.input_ms - self.silence_ms,
-                                 "item_id": self.user_item})
+                await self.send(
+                    {
+                        "type": "input_audio_buffer.speech_stopped",
+                        "audio_end_ms": self.input_ms - self.silence_ms,
+                        "item_id": self.user_item,
+                    }
+                )
                 await self.commit()
 
     async def commit(self) -> None:
         item = self.user_item or self.new_id("item")
         self.user_item = None
         await self.send({"type": "input_audio_buffer.committed", "item_id": item})
-        await self.send({"type": "conversation.item.added", "item": {
-            "id": item, "type": "message", "role": "user", "content": []}})
+        await self.send(
+            {
+                "type": "conversation.item.added",
+                "item": {"id": item, "type": "message", "role": "user", "content": []},
+            }
+        )
         if self.transcribe:
-            await self.send({"type": "conversation.item.input_audio_transcription.completed",
-                             "item_id": item, "content_index": 0, "transcript": "hello there"})
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item,
+                    "content_index": 0,
+                    "transcript": "hello there",
+                }
+            )
         if self.vad:
             self.start_response()
 
@@ -193,11 +235,17 @@ class Session:
     async def respond(self) -> None:
         rid, item = self.new_id("resp"), self.new_id("item")
         base = {"response_id": rid, "item_id": item, "output_index": 0, "content_index": 0}
-        await self.send({"type": "response.created", "response": {"id": rid,
-                                                                  "status": "in_progress"}})
-        await self.send({"type": "response.output_item.added", "response_id": rid,
-                         "output_index": 0, "item": {"id": item, "type": "message",
-                                                     "role": "assistant", "content": []}})
+        await self.send(
+            {"type": "response.created", "response": {"id": rid, "status": "in_progress"}}
+        )
+        await self.send(
+            {
+                "type": "response.output_item.added",
+                "response_id": rid,
+                "output_index": 0,
+                "item": {"id": item, "type": "message", "role": "assistant", "content": []},
+            }
+        )
         self.sent_ms[item] = 0
         status, reason = "completed", None
         try:
@@ -207,19 +255,36 @@ class Session:
             for i in range(n):
                 tone = 0.3 * np.sin(2 * np.pi * (220 + 20 * (i % 5)) * t)
                 pcm = (tone * 32767).astype("<i2").tobytes()
-                await self.send({"type": "response.output_audio.delta", **base,
-                                 "delta": base64.b64encode(pcm).decode()})
+                await self.send(
+                    {
+                        "type": "response.output_audio.delta",
+                        **base,
+                        "delta": base64.b64encode(pcm).decode(),
+                    }
+                )
                 self.sent_ms[item] += 100
                 if i % 5 == 0:
-                    await self.send({"type": "response.output_audio_transcript.delta", **base,
-                                     "delta": f"word{i // 5} "})
+                    await self.send(
+                        {
+                            "type": "response.output_audio_transcript.delta",
+                            **base,
+                            "delta": f"word{i // 5} ",
+                        }
+                    )
                 await asyncio.sleep(0.1 / self.pace)
         except asyncio.CancelledError:
             status, reason = "cancelled", "turn_detected"
         with contextlib.suppress(Exception):
-            await self.send({"type": "response.done", "response": {
-                "id": rid, "status": status,
-                "status_details": {"type": status, "reason": reason} if reason else None}})
+            await self.send(
+                {
+                    "type": "response.done",
+                    "response": {
+                        "id": rid,
+                        "status": status,
+                        "status_details": {"type": status, "reason": reason} if reason else None,
+                    },
+                }
+            )
 
 
 def main() -> None:
@@ -228,8 +293,12 @@ def main() -> None:
     parser.add_argument("--reply-seconds", type=float, default=3.0)
     parser.add_argument("--pace", type=float, default=2.0, help="audio sent X times real time")
     args = parser.parse_args()
-    uvicorn.run(create_app(args.reply_seconds, args.pace), host="127.0.0.1", port=args.port,
-                log_level="warning")
+    uvicorn.run(
+        create_app(args.reply_seconds, args.pace),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ def demo(page, key: str):
     return page.evaluate(f"window.__demo.{key}")
 
 
-def run_conversation(base_url: str, mic_wav: Path, profile: Path, shot: Path,
-                     reply_timeout_ms: int = 60_000) -> dict:
+def run_conversation(
+    base_url: str, mic_wav: Path, profile: Path, shot: Path, reply_timeout_ms: int = 60_000
+) -> dict:
     """Open the page, connect, let the fake mic speak twice; returns the page's figures."""
     with chromium_with_mic(profile, mic_wav) as context:
         page = context.new_page()
@@ -31,8 +32,7 @@ def run_conversation(base_url: str, mic_wav: Path, profile: Path, shot: Path,
         page.get_by_role("button", name="Connect").click()
         page.wait_for_function("window.__demo.connected", timeout=15_000)
         # First reply heard, then interrupted by the second utterance.
-        page.wait_for_function("window.__demo.truncatesSent.length >= 1",
-                               timeout=reply_timeout_ms)
+        page.wait_for_function("window.__demo.truncatesSent.length >= 1", timeout=reply_timeout_ms)
         # The second reply is heard in full and the page is back to listening.
         page.wait_for_function(
             "window.__demo.latencies.length >= 2 && window.__demo.queuedMs === 0"
@@ -43,8 +43,9 @@ def run_conversation(base_url: str, mic_wav: Path, profile: Path, shot: Path,
         return collect(page, shot, errors)
 
 
-def run_steered_conversation(base_url: str, mic_wav: Path, profile: Path, shot: Path,
-                             timeout_ms: int = 150_000) -> dict:
+def run_steered_conversation(
+    base_url: str, mic_wav: Path, profile: Path, shot: Path, timeout_ms: int = 150_000
+) -> dict:
     """Like run_conversation, but the test decides when the user talks (with the Mute button),
     from what the page reports, so any server latency works: speak, mute, wait until the
     reply is being heard, unmute (barge-in), speak, mute, wait for the second reply."""
@@ -124,13 +125,18 @@ def two_utterances(tmp_path_factory) -> Path:
     """Speech, a pause long enough for the reply to start, speech again, then silence."""
     return speech_file(
         tmp_path_factory.mktemp("mic") / "mic.wav",
-        0.5, "Hello, can you tell me a story?", 2.0, "Wait, stop please.", 6.0,
+        0.5,
+        "Hello, can you tell me a story?",
+        2.0,
+        "Wait, stop please.",
+        6.0,
     )
 
 
 def test_page_speaks_hears_and_interrupts(fake_server, two_utterances, tmp_path):
-    fig = run_conversation(fake_server, two_utterances, tmp_path / "profile",
-                           OUTPUT / "fake-server-conversation.png")
+    fig = run_conversation(
+        fake_server, two_utterances, tmp_path / "profile", OUTPUT / "fake-server-conversation.png"
+    )
     check_conversation(fig)
     assert fig["randomCheckpoint"] and fig["model"] == "step-audio-2-mini"
     assert all(text.startswith("word0") for text in fig["assistant_texts"])

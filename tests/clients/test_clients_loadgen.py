@@ -17,11 +17,28 @@ from tests.helpers import REPO
 def test_loadgen_counts_turns_and_barge_ins(fake_server, hello_wav, tmp_path):
     out = tmp_path / "load.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "server.cli", "loadgen",
-         "--url", fake_server.replace("http", "ws") + "/v1/realtime",
-         "--users", "5", "--duration", "12", "--file", str(hello_wav),
-         "--barge-in-rate", "0.4", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "loadgen",
+            "--url",
+            fake_server.replace("http", "ws") + "/v1/realtime",
+            "--users",
+            "5",
+            "--duration",
+            "12",
+            "--file",
+            str(hello_wav),
+            "--barge-in-rate",
+            "0.4",
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
@@ -47,10 +64,26 @@ def test_loadgen_counts_a_dead_server_as_errors(hello_wav, tmp_path):
 
     out = tmp_path / "load.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "server.cli", "loadgen",
-         "--url", f"ws://127.0.0.1:{free_port()}/v1/realtime",
-         "--users", "3", "--duration", "1", "--file", str(hello_wav), "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "loadgen",
+            "--url",
+            f"ws://127.0.0.1:{free_port()}/v1/realtime",
+            "--users",
+            "3",
+            "--duration",
+            "1",
+            "--file",
+            str(hello_wav),
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert json.loads(out.read_text())["errors_by_code"] == {"connect_failed": 3}

@@ -26,15 +26,21 @@ ENDED = ("completed", "incomplete")
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.browser
 def test_page_against_the_real_server(real_server, tmp_path):
     mic = speech_file(tmp_path / "mic.wav", "Hello, can you tell me a story?", 0.3)
-    fig = run_steered_conversation(real_server, mic, tmp_path / "profile",
-                                   OUTPUT / "real-server-conversation.png")
+    fig = run_steered_conversation(
+        real_server, mic, tmp_path / "profile", OUTPUT / "real-server-conversation.png"
+    )
     check_conversation(fig, exact_turns=False)
     assert fig["randomCheckpoint"]  # the banner says the weights are random
     assert fig["model"] == "step-audio-2-mini" and fig["voice"] == "default"
@@ -43,8 +49,21 @@ def test_page_against_the_real_server(real_server, tmp_path):
 def test_talk_against_the_real_server(real_server, hello_wav, tmp_path):
     ws = real_server.replace("http", "ws") + "/v1/realtime"
     out, report = tmp_path / "reply.wav", tmp_path / "talk.json"
-    proc = cli("talk", "--url", ws, "--file", str(hello_wav), "--speed", "4",
-               "--max-output-tokens", "40", "-o", str(out), "--json", str(report))
+    proc = cli(
+        "talk",
+        "--url",
+        ws,
+        "--file",
+        str(hello_wav),
+        "--speed",
+        "4",
+        "--max-output-tokens",
+        "40",
+        "-o",
+        str(out),
+        "--json",
+        str(report),
+    )
     assert proc.returncode == 0, proc.stderr
     (turn,) = json.loads(report.read_text())["turns"]
     assert turn["status"] in ENDED and not turn["interrupted"]
@@ -56,8 +75,19 @@ def test_talk_against_the_real_server(real_server, hello_wav, tmp_path):
     assert abs(audio).max() > 0.0  # token2wav made sound, not digital silence
 
     cut, report = tmp_path / "cut.wav", tmp_path / "cut.json"
-    proc = cli("talk", "--url", ws, "--file", str(hello_wav), "--interrupt-after", "300",
-               "-o", str(cut), "--json", str(report))
+    proc = cli(
+        "talk",
+        "--url",
+        ws,
+        "--file",
+        str(hello_wav),
+        "--interrupt-after",
+        "300",
+        "-o",
+        str(cut),
+        "--json",
+        str(report),
+    )
     assert proc.returncode == 0, proc.stderr
     first, *rest = json.loads(report.read_text())["turns"]
     assert first["interrupted"] and first["status"] in (*ENDED, "cancelled")
@@ -69,10 +99,26 @@ def test_talk_against_the_real_server(real_server, hello_wav, tmp_path):
 
 def test_loadgen_against_the_real_server(real_server, hello_wav, tmp_path):
     out = tmp_path / "load.json"
-    proc = cli("loadgen", "--url", real_server.replace("http", "ws") + "/v1/realtime",
-               "--users", "10", "--duration", "30", "--file", str(hello_wav),
-               "--barge-in-rate", "0.2", "--max-output-tokens", "30", "--turn-timeout", "240",
-               "--json", str(out), timeout=420)
+    proc = cli(
+        "loadgen",
+        "--url",
+        real_server.replace("http", "ws") + "/v1/realtime",
+        "--users",
+        "10",
+        "--duration",
+        "30",
+        "--file",
+        str(hello_wav),
+        "--barge-in-rate",
+        "0.2",
+        "--max-output-tokens",
+        "30",
+        "--turn-timeout",
+        "240",
+        "--json",
+        str(out),
+        timeout=420,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["errors"] == 0, result["errors_by_code"]

@@ -15,15 +15,29 @@ from tests.helpers import REPO
 def talk(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "server.cli", "talk", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def test_talk_writes_the_reply_and_reports_latency(fake_server, hello_wav, tmp_path):
     ws = fake_server.replace("http", "ws") + "/v1/realtime"
     out, report = tmp_path / "reply.wav", tmp_path / "talk.json"
-    proc = talk("--url", ws, "--file", str(hello_wav), "--speed", "4", "-o", str(out),
-                "--transcribe", "--json", str(report))
+    proc = talk(
+        "--url",
+        ws,
+        "--file",
+        str(hello_wav),
+        "--speed",
+        "4",
+        "-o",
+        str(out),
+        "--transcribe",
+        "--json",
+        str(report),
+    )
     assert proc.returncode == 0, proc.stderr
     audio, rate = sf.read(out)
     assert rate == 24_000
@@ -40,8 +54,20 @@ def test_talk_writes_the_reply_and_reports_latency(fake_server, hello_wav, tmp_p
 def test_talk_interrupt_after_cuts_the_reply(fake_server, hello_wav, tmp_path):
     ws = fake_server.replace("http", "ws") + "/v1/realtime"
     out, report = tmp_path / "reply.wav", tmp_path / "talk.json"
-    proc = talk("--url", ws, "--file", str(hello_wav), "--speed", "2",
-                "--interrupt-after", "800", "-o", str(out), "--json", str(report))
+    proc = talk(
+        "--url",
+        ws,
+        "--file",
+        str(hello_wav),
+        "--speed",
+        "2",
+        "--interrupt-after",
+        "800",
+        "-o",
+        str(out),
+        "--json",
+        str(report),
+    )
     assert proc.returncode == 0, proc.stderr
     turns = json.loads(report.read_text())["turns"]
     assert len(turns) == 2
@@ -80,9 +106,19 @@ def test_talk_mic_without_sounddevice_says_how_to_install(fake_server):
         "sys.exit(main(sys.argv[1:]))"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, "talk", "--mic",
-         "--url", fake_server.replace("http", "ws") + "/v1/realtime"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            code,
+            "talk",
+            "--mic",
+            "--url",
+            fake_server.replace("http", "ws") + "/v1/realtime",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "sounddevice" in proc.stderr and "--file" in proc.stderr

@@ -15,9 +15,15 @@ from server.protocol import SessionConfig, SessionUpdateEvent, parse_client_even
 
 @pytest.mark.parametrize("beta", [False, True])
 def test_session_update_is_understood_by_the_server_protocol(beta):
-    event = session_update(beta=beta, voice="narrator", instructions="Be brief.",
-                           vad_threshold=0.7, silence_duration_ms=800, transcription=True,
-                           max_output_tokens=300)
+    event = session_update(
+        beta=beta,
+        voice="narrator",
+        instructions="Be brief.",
+        vad_threshold=0.7,
+        silence_duration_ms=800,
+        transcription=True,
+        max_output_tokens=300,
+    )
     parsed = parse_client_event(json.dumps({**event, "event_id": "evt_1"}))
     assert isinstance(parsed, SessionUpdateEvent), parsed
     cfg = SessionConfig().apply(parsed.session)
@@ -36,9 +42,12 @@ def test_session_update_without_vad_turns_detection_off():
 
 def test_beta_event_names_map_to_ga_names():
     assert normalize_event({"type": "response.audio.delta", "delta": "x"}) == {
-        "type": "response.output_audio.delta", "delta": "x"}
+        "type": "response.output_audio.delta",
+        "delta": "x",
+    }
     assert normalize_event({"type": "conversation.item.created"})["type"] == (
-        "conversation.item.added")
+        "conversation.item.added"
+    )
     ga = {"type": "response.output_audio_transcript.delta", "delta": "hi"}
     assert normalize_event(ga) == ga
 
