@@ -434,6 +434,8 @@ async def test_voices_endpoints_and_a_turn_in_the_new_voice(server, turn_pcm):
         assert bad.status_code == 400
         info = (await http.get("/v1/info")).json()
         assert info["test_checkpoint"] is True and info["model"] == "step-audio-2-mini"
+        page = await http.get("/")  # the demo page, served beside the API
+        assert page.status_code == 200 and "<html" in page.text.lower()
     client = await connect(server)
     await client.send({"type": "session.update", "session": {
         "type": "realtime", "audio": {"output": {"voice": "newvoice"}}}})

@@ -90,3 +90,20 @@ def test_prompt_budget_keeps_newest_items():
     kept = conv.items_within_budget(items, 400)
     assert kept[-1].id == "audio" and kept[0].id != "u0"
     assert sum(conv.estimate_tokens(i) for i in kept) <= 400
+
+
+def test_json_logs_carry_the_session_id():
+    import json
+    import logging
+
+    from server.logs import JsonFormatter, session_id_var
+
+    token = session_id_var.set("sess_abc")
+    try:
+        record = logging.makeLogRecord({"name": "server.session", "levelname": "INFO",
+                                        "msg": "opened %s", "args": ("now",), "dialect": "ga"})
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        session_id_var.reset(token)
+    assert line["msg"] == "opened now" and line["session_id"] == "sess_abc"
+    assert line["dialect"] == "ga" and line["level"] == "info"
