@@ -243,10 +243,11 @@ class RealtimeSession:
             case InputAudioBufferClearEvent():
                 self._on_clear()
             case OutputAudioBufferClearEvent():
-                # WebRTC/SIP only in OpenAI's API; over a websocket the client owns playback.
-                raise _Refusal(errors.UNSUPPORTED_FEATURE,
-                               "output_audio_buffer.clear is only supported over WebRTC; "
-                               "use response.cancel and conversation.item.truncate")
+                # WebRTC/SIP in OpenAI's API: "cut off the current audio response". Over a
+                # websocket the client owns playback, so what is left to stop is the response;
+                # an error here would look fatal to clients that send it on every interruption.
+                if self._active is not None and self._active.runner.id not in self._cancelled:
+                    await self._cancel_and_wait(self._active, "client_cancelled")
             case ConversationItemCreateEvent():
                 self._on_item_create(event)
             case ConversationItemRetrieveEvent():
@@ -756,18 +757,30 @@ class RealtimeSession:
         plan = runner.plan
         follow_up = False
         if plan.in_conversation:
+            # Output goes right after the item the response answered (as announced), even if
+            # the user added items meanwhile; at the end if that item was deleted.
+            anchor = plan.previous_item_id or "root"
+            if anchor != "root" and anchor not in self.conversation:
+                anchor = None
+
+            def place(item: conv.Item) -> str | None:
+                nonlocal anchor
+                previous = self.conversation.last_id() if anchor is None else anchor
+                self.conversation.add(item, anchor)
+                anchor = item.id
+                return None if previous == "root" else previous
+
             message = outcome.message
             if message is not None:
-                self.conversation.add(message)
+                place(message)
             for call in outcome.calls:
                 call.message_id = message.id if message is not None else None
-                self.conversation.add(call)
+                place(call)
                 tool = self._server_tools.get(call.name)
                 if tool is not None:
                     output = conv.FunctionCallOutput(id=new_item_id(), call_id=call.call_id,
                                                      output=run_server_tool(tool, call.arguments))
-                    previous = self.conversation.last_id()
-                    self.conversation.add(output)
+                    previous = place(output)
                     rendered = self._wire_item(output)
                     self.emit(ev.ConversationItemAdded(previous_item_id=previous, item=rendered))
                     self.emit(ev.ConversationItemDone(previous_item_id=previous, item=rendered))

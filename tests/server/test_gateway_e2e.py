@@ -187,6 +187,9 @@ async def test_browser_subprotocol_key_is_accepted(server, turn_pcm):
         server.ws, subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"])
     assert client.ws.subprotocol == "realtime"
     assert (await client.recv())["type"] == "session.created"
+    await client.send({"type": "session.update",
+                       "session": {"type": "realtime", "max_output_tokens": MAX_TOKENS}})
+    assert (await client.recv())["type"] == "session.updated"
     await completes_a_turn(client, turn_pcm)
 
 

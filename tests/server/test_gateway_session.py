@@ -598,3 +598,25 @@ async def test_function_call_item_with_bad_arguments_is_refused(tokenizer):
         events = await client.until("response.done")
         assert events[-1]["response"]["status"] == "completed"
         await client.close()
+
+
+async def test_reply_stays_after_the_turn_it_answered(tokenizer, hello_pcm):
+    engine = make_engine(tokenizer, n_codes=400, step_s=0.004)
+    with serving(tokenizer, engine=engine) as server:
+        client = await session(server)
+        await client.append_audio(hello_pcm)
+        first = await client.until("response.output_audio.delta")
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": "added meanwhile"}]}})
+        await client.until("response.done")
+        engine.replies = [ta4_reply(engine.vocab, 8)]
+        await client.send({"type": "response.create"})
+        await client.until("response.done")
+        prompt = engine.requests[-1].prompt
+        replay = next(i for i, s in enumerate(prompt) if hasattr(s, "ids"))
+        text = next(i for i, s in enumerate(prompt) if "added meanwhile" in getattr(s, "text", ""))
+        assert replay < text
+        assert first[-1]["item_id"] in {e["item"]["id"] for e in client.events
+                                        if e["type"] == "conversation.item.done"}
+        await client.close()
