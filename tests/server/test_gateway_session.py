@@ -620,3 +620,25 @@ async def test_reply_stays_after_the_turn_it_answered(tokenizer, hello_pcm):
         assert first[-1]["item_id"] in {e["item"]["id"] for e in client.events
                                         if e["type"] == "conversation.item.done"}
         await client.close()
+
+
+async def test_sampling_defaults_and_per_session_overrides(tokenizer):
+    with serving(tokenizer) as server:
+        client = await session(server)
+        await client.send({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})
+        await client.send({"type": "response.create"})
+        await client.until("response.done")
+        sampling = server.engine.requests[-1].sampling
+        assert (sampling.temperature, sampling.top_p, sampling.repetition_penalty) == (
+            0.7, 0.9, 1.05)  # spec e.8
+        await client.send({"type": "session.update", "session": {
+            "type": "realtime", "temperature": 0.3, "max_output_tokens": 12,
+            "x_stepaudio2": {"top_p": 0.5, "repetition_penalty": 1.2}}})
+        await client.until("session.updated")
+        await client.send({"type": "response.create"})
+        await client.until("response.done")
+        sampling = server.engine.requests[-1].sampling
+        assert (sampling.temperature, sampling.top_p, sampling.repetition_penalty,
+                sampling.max_tokens) == (0.3, 0.5, 1.2, 12)
+        await client.close()
