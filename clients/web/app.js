@@ -313,8 +313,8 @@ function onEvent(event) {
       break;
     }
     case "conversation.item.truncated": {
-      const item = items.get(event.item_id);
-      if (item) item.truncatedMs = event.audio_end_ms;
+      const sent = stats.truncates.find((t) => t.item_id === event.item_id);
+      if (sent) sent.confirmed_ms = event.audio_end_ms;
       break;
     }
     case "error": {
