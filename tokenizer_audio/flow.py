@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,9 +114,9 @@ class CausalCFM(nn.Module):
 
     def forward(self, mu: torch.Tensor, spk: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Offline sampling. mu, cond: [1, 80, T]; spk: [1, 80] -> mel [1, 80, T]."""
-        x = self.noise(0, mu.shape[2]).to(mu.dtype)
+        x = self.noise(0, mu.shape[2])  # the ODE state keeps the noise's dtype (fp32)
         mu_in, spk_in, cond_in = self._cfg_rows(mu), self._cfg_rows(spk), self._cfg_rows(cond)
-        for t, dt in self.time_steps(mu):
+        for t, dt in self.time_steps(x):
             v = self.estimator(x.repeat_interleave(2, 0), mu_in, t.expand(2), spk_in, cond_in)
             x = x + dt * self._guided(v)
         return x
@@ -129,10 +130,10 @@ class CausalCFM(nn.Module):
         one step cache per ODE step. Returns mel [S, 80, T] and the new per-stream step caches.
         """
         frames = mu.shape[2]
-        x = torch.cat([self.noise(off, frames) for off in offsets], dim=0).to(mu.dtype)
+        x = torch.cat([self.noise(off, frames) for off in offsets], dim=0)
         mu_in, spk_in, cond_in = self._cfg_rows(mu), self._cfg_rows(spk), self._cfg_rows(cond)
         new: list[list[DitStepCache]] = [[] for _ in offsets]
-        for k, (t, dt) in enumerate(self.time_steps(mu)):
+        for k, (t, dt) in enumerate(self.time_steps(x)):
             v, step_caches = self.estimator.forward_chunk(
                 x.repeat_interleave(2, 0), mu_in, t.expand(2 * len(offsets)), spk_in, cond_in,
                 [stream[k] for stream in caches])
@@ -157,6 +158,30 @@ class Flow(nn.Module):
         self.encoder = UpsampleConformerEncoder(dims.encoder)
         self.encoder_proj = nn.Linear(dims.encoder.output_size, dims.output_size)
         self.decoder = CausalCFM(dims, noise_seed)
+        self.matmul_dtype: torch.dtype | None = None
+
+    def use_matmul_dtype(self, dtype: torch.dtype | None) -> Flow:
+        """Run matrix products (Linear, Conv1d, matmul, attention) in `dtype` (e.g. bfloat16)
+        through autocast; LayerNorms, softmax, the noise and the Euler state stay fp32.
+        A faster, less exact mode: `None` (the default) reproduces the reference in fp32."""
+        self.matmul_dtype = dtype
+        target = dtype or self._like.dtype
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Conv1d | nn.Embedding):
+                module.to(target)
+        return self
+
+    @contextlib.contextmanager
+    def _precision(self) -> Iterator[None]:
+        if self.matmul_dtype is None:
+            yield
+            return
+        with torch.autocast(self.rand_device_type, dtype=self.matmul_dtype):
+            yield
+
+    @property
+    def rand_device_type(self) -> str:
+        return self.decoder.rand_noise.device.type
 
     @property
     def lookahead(self) -> int:
@@ -168,7 +193,8 @@ class Flow(nn.Module):
 
     @property
     def _like(self) -> torch.Tensor:
-        return self.encoder_proj.weight
+        """A tensor with the flow's working device and dtype (fp32 in reduced-precision mode)."""
+        return self.decoder.rand_noise
 
     def _codes(self, codes: Sequence[int] | torch.Tensor) -> torch.Tensor:
         codes = torch.as_tensor(codes, dtype=torch.long, device=self._like.device).reshape(1, -1)
@@ -188,13 +214,17 @@ class Flow(nn.Module):
                              f"{self.dims.output_size}], got {list(mel.shape)}")
         return mel.T.unsqueeze(0)
 
-    @torch.inference_mode()
     def inference(self, prompt_codes: Sequence[int] | torch.Tensor, prompt_mel: torch.Tensor,
                   xvector: torch.Tensor, codes: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Offline: mel [80, up_rate * len(codes)] for `codes` in the voice of the prompt.
 
         prompt_mel: [up_rate * len(prompt_codes), 80]; xvector: [192].
         """
+        with torch.inference_mode(), self._precision():
+            return self._inference(prompt_codes, prompt_mel, xvector, codes)
+
+    def _inference(self, prompt_codes: Sequence[int] | torch.Tensor, prompt_mel: torch.Tensor,
+                   xvector: torch.Tensor, codes: Sequence[int] | torch.Tensor) -> torch.Tensor:
         prompt, gen = self._codes(prompt_codes), self._codes(codes)
         if gen.shape[1] == 0:
             raise ValueError("no codes to synthesise")
@@ -207,13 +237,17 @@ class Flow(nn.Module):
         mel = self.decoder(mu, spk, cond)
         return mel[0, :, mel_prompt.shape[2]:]
 
-    @torch.inference_mode()
     def prepare_voice(self, prompt_codes: Sequence[int] | torch.Tensor, prompt_mel: torch.Tensor,
                       xvector: torch.Tensor) -> VoicePrompt:
         """The streaming caches of a voice's prompt (spec f.5 set-up), computed once per voice.
 
         As the reference does, the look-ahead of the prompt is its own first codes.
         """
+        with torch.inference_mode(), self._precision():
+            return self._prepare_voice(prompt_codes, prompt_mel, xvector)
+
+    def _prepare_voice(self, prompt_codes: Sequence[int] | torch.Tensor,
+                       prompt_mel: torch.Tensor, xvector: torch.Tensor) -> VoicePrompt:
         prompt = self._codes(prompt_codes)
         n = prompt.shape[1]
         if n < self.lookahead:
@@ -229,7 +263,6 @@ class Flow(nn.Module):
         return VoicePrompt(spk=spk, conformer=conformer, steps=tuple(steps[0]),
                            prompt_tokens=n, prompt_frames=n * self.up_rate)
 
-    @torch.inference_mode()
     def stream_step(self, streams: Sequence[FlowStream], codes: Sequence[Sequence[int]],
                     last: Sequence[bool]) -> list[torch.Tensor]:
         """Advance several streams by one chunk each; returns mel [80, T_i] per stream.
@@ -238,6 +271,11 @@ class Flow(nn.Module):
         Streams whose chunks give the same number of frames share one DiT batch; the encoder
         runs per stream (its caches differ in length). Caches are trimmed as the reference does.
         """
+        with torch.inference_mode(), self._precision():
+            return self._stream_step(streams, codes, last)
+
+    def _stream_step(self, streams: Sequence[FlowStream], codes: Sequence[Sequence[int]],
+                     last: Sequence[bool]) -> list[torch.Tensor]:
         mus: list[torch.Tensor] = []
         for stream, chunk, is_last in zip(streams, codes, last, strict=True):
             if stream.finished:

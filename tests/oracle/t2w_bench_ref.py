@@ -1,0 +1,80 @@
+"""Oracle benchmark: the reference Token2wav streaming (flow + HiFT) on given weights, timed.
+
+Run in .venv-oracle by bench/token2wav.py. Args (JSON): dir (token2wav folder), inputs (torch
+file: prompt_codes, prompt_mel, xvector, codes), streams, threads. Several streams are served
+the only way the reference allows: one object, each stream's caches swapped in per call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+os.environ["TORCHDYNAMO_DISABLE"] = "1"  # see flow_oracle.py
+
+import flow_oracle  # noqa: E402  (installs the shim and the CPU patches)
+import torch  # noqa: E402
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    torch.set_num_threads(int(args.get("threads", 2)))
+    from flashcosyvoice.modules.hifigan import HiFTGenerator
+    from hyperpyyaml import load_hyperpyyaml
+    from token2wav import Token2wav
+
+    folder = args["dir"]
+    t2w = Token2wav.__new__(Token2wav)
+    t2w.float16 = False
+    with open(f"{folder}/flow.yaml") as f:
+        t2w.flow = load_hyperpyyaml(f)["flow"]
+    t2w.flow.load_state_dict(torch.load(f"{folder}/flow.pt", map_location="cpu",
+                                        weights_only=True), strict=True)
+    t2w.flow.eval()
+    flow_oracle._fit_cache_buffers(t2w.flow)
+    t2w.hift = HiFTGenerator()
+    state = torch.load(f"{folder}/hift.pt", map_location="cpu", weights_only=True)
+    t2w.hift.load_state_dict({k.replace("generator.", ""): v for k, v in state.items()},
+                             strict=True)
+    t2w.hift.eval()
+    t2w.mel_cache_len = 8
+    t2w.source_cache_len = 8 * 480
+    t2w.speech_window = torch.hamming_window(2 * 8 * 480, periodic=False, dtype=torch.float64)
+    inputs = torch.load(args["inputs"], weights_only=True)
+    prompt = torch.tensor([inputs["prompt_codes"]], dtype=torch.int32)
+    prompt_mel = inputs["prompt_mel"].float().unsqueeze(0)
+    t2w.cache = {"voice": (prompt, torch.tensor([prompt.shape[1]]),
+                           inputs["xvector"].float().reshape(1, -1), prompt_mel,
+                           torch.tensor([prompt_mel.shape[1]]))}
+
+    n = int(args["streams"])
+    caches, setup_s = [], []
+    for _ in range(n):
+        start = time.perf_counter()
+        t2w.set_stream_cache("voice")
+        setup_s.append(time.perf_counter() - start)
+        caches.append((t2w.stream_cache, t2w.hift_cache_dict))
+    codes = list(inputs["codes"])
+    buffers = [codes[:] for _ in range(n)]
+    chunk_s, round_s, audio_s = [], [], 0.0
+    while len(buffers[0]) >= 28:
+        round_start = time.perf_counter()
+        for s in range(n):
+            t2w.stream_cache, t2w.hift_cache_dict = caches[s]
+            start = time.perf_counter()
+            pcm = t2w.stream(buffers[s][:28], "voice", last_chunk=False)
+            chunk_s.append(time.perf_counter() - start)
+            audio_s += len(pcm) / 2 / 24000
+            caches[s] = (t2w.stream_cache, t2w.hift_cache_dict)
+            buffers[s] = buffers[s][25:]
+        round_s.append(time.perf_counter() - round_start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"setup_s": setup_s, "chunk_s": chunk_s, "round_s": round_s,
+                      "audio_s": audio_s, "peak_mb": peak}))
+
+
+if __name__ == "__main__":
+    main()
