@@ -150,10 +150,14 @@ async def test_cancel_with_none_active(server, turn_pcm):
 
 async def test_truncate_past_the_audio(server, turn_pcm):
     client = await connect(server)
-    await client.append_audio(turn_pcm)
-    events = await client.until("response.done", timeout=120)
-    output = events[-1]["response"]["output"]
-    message = next(i for i in output if i["type"] == "message")
+    for _ in range(4):  # the random model may stop before saying anything
+        await client.append_audio(turn_pcm)
+        events = await client.until("response.done", timeout=120)
+        output = events[-1]["response"]["output"]
+        message = next((i for i in output if i["type"] == "message"), None)
+        if message is not None:
+            break
+    assert message is not None
     sent = sum(len(base64.b64decode(e["delta"])) for e in events
                if e["type"] == "response.output_audio.delta") // 48
     await client.send({"type": "conversation.item.truncate", "item_id": message["id"],
@@ -226,6 +230,26 @@ def check_audio_matches_codes(deltas: list[bytes], done_usage) -> int:
     return codes
 
 
+# The random model may end a reply on its own after a token or two (no speech at all); tests
+# that need speech retry a turn a few times, in the same session, until a reply carries codes.
+ATTEMPTS = 4
+
+
+async def sdk_turn(conn, pcm: bytes, chunk_ms: int, audio_delta: str) -> tuple[list, list, object]:
+    for piece in chunks(pcm, chunk_ms):
+        await conn.input_audio_buffer.append(audio=piece)
+    kinds, deltas = [], []
+    async for event in conn:
+        kinds.append(event.type)
+        if event.type == audio_delta:
+            deltas.append(base64.b64decode(event.delta))
+        elif event.type == "error":
+            raise AssertionError(event.error)
+        elif event.type == "response.done":
+            return kinds, deltas, event.response
+    raise AssertionError("connection ended")
+
+
 async def test_openai_sdk_ga_spoken_turn(server, turn_pcm):
     from openai import AsyncOpenAI
 
@@ -236,33 +260,25 @@ async def test_openai_sdk_ga_spoken_turn(server, turn_pcm):
             "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
                                 "turn_detection": {"type": "server_vad"}},
                       "output": {"format": {"type": "audio/pcm", "rate": 24000}}}})
-        for piece in chunks(turn_pcm, 40):
-            await conn.input_audio_buffer.append(audio=piece)
-        kinds, deltas, transcript = [], [], []
-        async for event in conn:
-            kinds.append(event.type)
-            if event.type == "response.output_audio.delta":
-                deltas.append(base64.b64decode(event.delta))
-            elif event.type == "response.output_audio_transcript.delta":
-                transcript.append(event.delta)
-            elif event.type == "error":
-                raise AssertionError(event.error)
-            elif event.type == "response.done":
-                done = event.response
+        all_kinds = []
+        for _ in range(ATTEMPTS):
+            kinds, deltas, done = await sdk_turn(conn, turn_pcm, 40, "response.output_audio.delta")
+            all_kinds += kinds
+            if done.usage.output_token_details.audio_tokens:
                 break
-    order = [k for k in kinds if k in ("session.created", "session.updated",
-                                       "input_audio_buffer.speech_started",
-                                       "input_audio_buffer.speech_stopped",
-                                       "input_audio_buffer.committed", "response.created",
-                                       "response.done")]
-    assert order == ["session.created", "session.updated", "input_audio_buffer.speech_started",
-                     "input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
-                     "response.created", "response.done"]
+    order = [k for k in all_kinds if k in (
+        "session.created", "session.updated", "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped", "input_audio_buffer.committed", "response.created",
+        "response.done")]
+    assert order[:7] == ["session.created", "session.updated",
+                         "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                         "input_audio_buffer.committed", "response.created", "response.done"]
     assert "response.output_audio.delta" in kinds
+    assert "response.output_audio_transcript.done" in kinds
     assert done.status in ("completed", "incomplete")
     check_audio_matches_codes(deltas, done.usage)
     message = next(i for i in done.output if i.type == "message")
-    assert message.content[0].transcript == "".join(transcript)
+    assert message.content[0].type == "output_audio"
 
 
 async def test_openai_sdk_beta_spoken_turn(server, turn_pcm):
@@ -274,24 +290,18 @@ async def test_openai_sdk_beta_spoken_turn(server, turn_pcm):
             "modalities": ["text", "audio"], "input_audio_format": "pcm16",
             "output_audio_format": "pcm16", "turn_detection": {"type": "server_vad"},
             "max_response_output_tokens": MAX_TOKENS})
-        for piece in chunks(turn_pcm, 100):
-            await conn.input_audio_buffer.append(audio=piece)
-        kinds, deltas = [], []
-        async for event in conn:
-            kinds.append(event.type)
-            if event.type == "response.audio.delta":
-                deltas.append(base64.b64decode(event.delta))
-            elif event.type == "error":
-                raise AssertionError(event.error)
-            elif event.type == "response.done":
-                done = event.response
+        all_kinds = []
+        for _ in range(ATTEMPTS):
+            kinds, deltas, done = await sdk_turn(conn, turn_pcm, 100, "response.audio.delta")
+            all_kinds += kinds
+            if done.usage.output_token_details.audio_tokens:
                 break
-    assert kinds[:2] == ["session.created", "conversation.created"]
+    assert all_kinds[:2] == ["session.created", "conversation.created"]
     for name in ("input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
                  "input_audio_buffer.committed", "conversation.item.created",
-                 "response.audio_transcript.done", "response.audio.done"):
-        assert name in kinds
-    assert not any("output_audio" in k for k in kinds)
+                 "response.audio_transcript.done", "response.audio.done", "response.audio.delta"):
+        assert name in all_kinds
+    assert not any("output_audio" in k for k in all_kinds)
     check_audio_matches_codes(deltas, done.usage)
 
 
@@ -300,18 +310,37 @@ def audio_of(events: list[dict]) -> bytes:
                     if e["type"] == "response.output_audio.delta")
 
 
-async def test_barge_in_cancels_the_reply_and_keeps_what_was_heard(server, turn_pcm):
+async def interrupted_reply(server, turn_pcm: bytes) -> tuple[Client, list, list] | None:
+    """A session whose first reply streams audio and is then interrupted by speech; None when
+    the random model ended that reply on its own first."""
     client = await Client.connect(server.ws, headers=AUTH)
     await client.recv()
     await client.send({"type": "session.update", "session": {
-        "type": "realtime", "max_output_tokens": 400}})  # long enough to interrupt
+        "type": "realtime", "max_output_tokens": 400}})  # long enough to be interrupted
     await client.recv()
     await client.append_audio(turn_pcm)
-    first = await client.until("response.output_audio.delta", timeout=120)
-    item_id = first[-1]["item_id"]
-    response_id = first[-1]["response_id"]
+    first = []
+    while not first or first[-1]["type"] not in ("response.output_audio.delta", "response.done"):
+        first.append(await client.recv(timeout=120))
+    if first[-1]["type"] == "response.done":
+        await client.close()
+        return None
     await client.append_audio(pcm16(utterance("no, stop", tail_s=0.0)))
     events = await client.until("response.done", timeout=120)
+    if events[-1]["response"]["status"] != "cancelled":
+        await client.close()
+        return None
+    return client, first, events
+
+
+async def test_barge_in_cancels_the_reply_and_keeps_what_was_heard(server, turn_pcm):
+    for _ in range(ATTEMPTS):
+        result = await interrupted_reply(server, turn_pcm)
+        if result is not None:
+            break
+    assert result is not None, "no reply lasted long enough to be interrupted"
+    client, first, events = result
+    item_id, response_id = first[-1]["item_id"], first[-1]["response_id"]
     done = events[-1]["response"]
     assert done["id"] == response_id
     assert (done["status"], done["status_details"]["reason"]) == ("cancelled", "turn_detected")
@@ -346,8 +375,11 @@ async def test_manual_mode_text_items_and_text_only_reply(server, turn_pcm):
     await client.send({"type": "input_audio_buffer.commit"})
     committed = await client.until("conversation.item.done")
     assert committed[0]["type"] == "input_audio_buffer.committed"
-    await client.send({"type": "response.create"})
-    events = await client.until("response.done", timeout=120)
+    for _ in range(ATTEMPTS):  # the random model may stop before any speech
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done", timeout=120)
+        if events[-1]["response"]["usage"]["output_token_details"]["audio_tokens"]:
+            break
     assert "response.output_audio.delta" in [e["type"] for e in events]
     await client.send({"type": "conversation.item.create", "item": {
         "type": "message", "role": "user",
