@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from engine.prompt import Assistant, Message, System, ToolResult, User
+from engine.prompt import FunctionCall as PromptCall
+from server.audio_codecs import AudioPayloadError, b64decode_audio
+from server.protocol import errors
+from server.protocol.formats import AudioFormat
+from server.protocol.items import ContentPart, FunctionCallItem, FunctionCallOutputItem, MessageItem
+from server.resample import resample
 
 INPUT_RATE = 16_000  # Hz, user audio as kept for the encoder
 OUTPUT_RATE = 24_000  # Hz, assistant audio as sent
@@ -261,3 +271,128 @@ def items_within_budget(items: Sequence[Item], budget: int) -> list[Item]:
             break
         kept.pop(0)
     return kept
+
+
+class ItemError(ValueError):
+    """A client item that cannot be used; `code` and `param` go into the error event."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.param = param
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+def from_wire(wire: Any, item_id: str, input_format: AudioFormat) -> Item:
+    """A client's item (`conversation.item.create`) as kept here; audio decoded to 16 kHz.
+
+    Raises ItemError (with a protocol error code and parameter) for unusable content.
+    """
+    match wire:
+        case FunctionCallItem():
+            if not _is_json_object(wire.arguments or "{}"):
+                raise ItemError(errors.INVALID_EVENT,
+                               "A function_call's arguments must be a JSON object.",
+                               "item.arguments")
+            return FunctionCall(id=item_id, call_id=wire.call_id, name=wire.name,
+                                     arguments=wire.arguments)
+        case FunctionCallOutputItem():
+            return FunctionCallOutput(id=item_id, call_id=wire.call_id,
+                                           output=wire.output)
+        case MessageItem(role="system"):
+            return SystemMessage(id=item_id,
+                                      text="".join(p.text or "" for p in wire.content))
+        case MessageItem(role="assistant"):
+            text = "".join((p.text or p.transcript or "") for p in wire.content)
+            return AssistantMessage(id=item_id, modality="text", full_text=text,
+                                         status="completed")
+    parts: list[UserAudio | UserText] = []
+    for index, part in enumerate(wire.content):
+        if part.type == "input_text":
+            parts.append(UserText(part.text or ""))
+            continue
+        if not part.audio:
+            raise ItemError(errors.INVALID_EVENT, "An input_audio part needs 'audio'.",
+                           f"item.content[{index}].audio")
+        try:
+            samples = b64decode_audio(part.audio, input_format)
+        except AudioPayloadError as exc:
+            raise ItemError(exc.code, str(exc), f"item.content[{index}].audio") from None
+        audio16 = resample(samples, input_format.sample_rate, INPUT_RATE)
+        if audio16.size == 0:
+            raise ItemError(errors.INVALID_EVENT, "The input_audio part is empty.",
+                           f"item.content[{index}].audio")
+        parts.append(UserAudio(audio16, transcript=part.transcript))
+    return UserMessage(id=item_id, parts=parts)
+
+def to_wire(item: Item, *, with_audio: bool = False) -> Any:
+    """The item as the client sees it; `with_audio` adds the heard audio of spoken replies."""
+    match item:
+        case UserMessage(parts=parts):
+            content = [
+                ContentPart(type="input_text", text=p.text) if isinstance(p, UserText)
+                else ContentPart(type="input_audio", transcript=p.transcript)
+                for p in parts
+            ]
+            return MessageItem(id=item.id, role="user", content=content)
+        case SystemMessage(text=text):
+            return MessageItem(id=item.id, role="system",
+                               content=[ContentPart(type="input_text", text=text)])
+        case AssistantMessage():
+            if item.modality == "text":
+                part = ContentPart(type="output_text", text=item.text)
+            else:
+                audio = base64.b64encode(item.audio).decode() if with_audio else None
+                part = ContentPart(type="output_audio", transcript=item.text, audio=audio)
+            status = "completed" if item.status == "completed" else "incomplete"
+            return MessageItem(id=item.id, role="assistant", status=status, content=[part])
+        case FunctionCall():
+            return FunctionCallItem(id=item.id, call_id=item.call_id, name=item.name,
+                                    arguments=item.arguments)
+        case FunctionCallOutput():
+            return FunctionCallOutputItem(id=item.id, call_id=item.call_id,
+                                          output=item.output)
+    raise TypeError(type(item))
+
+
+def to_messages(instructions: str, items: Sequence[Item], conversation: Conversation,
+                budget: int) -> list[Message]:
+    """Conversation items -> the engine's messages, oldest turns dropped past the budget."""
+    kept = items_within_budget(items, budget)
+    messages: list[Message] = [System(instructions)] if instructions else []
+    names = {i.call_id: i.name for i in items if isinstance(i, FunctionCall)}
+    for item in kept:
+        match item:
+            case UserMessage(parts=parts):
+                pieces = [p.text if isinstance(p, UserText) else p.samples
+                          for p in parts]
+                pieces = [p for p in pieces if (len(p) if isinstance(p, str) else p.size)]
+                if pieces:
+                    messages.append(User(tuple(pieces)))
+            case SystemMessage(text=text):
+                messages.append(System(text))
+            case AssistantMessage():
+                if item.modality == "audio" and item.speech_ids:
+                    messages.append(Assistant(speech_ids=item.speech_ids))
+                elif item.text:
+                    messages.append(Assistant(text=item.text))
+            case FunctionCall():
+                call = PromptCall(item.name, item.arguments or "{}")
+                made_by = conversation.find(item.message_id or "")
+                if isinstance(made_by, AssistantMessage) and made_by.speech_ids:
+                    continue  # the spoken reply's replayed ids already hold the call
+                last = messages[-1] if messages else None
+                if made_by is not None and isinstance(last, Assistant):
+                    messages[-1] = Assistant(text=last.text,
+                                             tool_calls=(*last.tool_calls, call))
+                else:
+                    messages.append(Assistant(tool_calls=(call,)))
+            case FunctionCallOutput():
+                messages.append(ToolResult(names.get(item.call_id, ""), item.output))
+    return messages

@@ -8,9 +8,7 @@ a session sends goes through one queue, so events keep their order.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,8 +18,7 @@ from typing import Any
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from engine.prompt import Assistant, Message, System, ToolResult, User, build_prompt
-from engine.prompt import FunctionCall as PromptCall
+from engine.prompt import build_prompt
 from engine.types import SamplingParams
 from server import conversation as conv
 from server.audio_codecs import AudioPayloadError, b64decode_audio
@@ -33,8 +30,6 @@ from server.protocol import (
     ConversationItemRetrieveEvent,
     ConversationItemTruncateEvent,
     Dialect,
-    FunctionCallItem,
-    FunctionCallOutputItem,
     InputAudioBufferAppendEvent,
     InputAudioBufferClearEvent,
     InputAudioBufferCommitEvent,
@@ -52,7 +47,7 @@ from server.protocol import (
 from server.protocol import server_events as ev
 from server.protocol.ids import new_item_id, new_response_id
 from server.protocol.items import ContentPart
-from server.resample import StreamingResampler, resample
+from server.resample import StreamingResampler
 from server.response import ResponseDeps, ResponsePlan, ResponseRunner
 from server.settings import Settings
 from server.state import InvalidTransition, TurnEvent, TurnStateMachine
@@ -493,10 +488,10 @@ class RealtimeSession:
         if previous is not None and previous != "root" and previous not in self.conversation:
             raise _Refusal(errors.PREVIOUS_ITEM_NOT_FOUND,
                            f"Previous item '{previous}' does not exist.", "previous_item_id")
-        item = self._internal_item(wire, item_id)
+        item = self._from_wire(wire, item_id)
         self.conversation.add(item, previous)
         previous_id = self.conversation.previous_id(item_id)
-        rendered = self._wire_item(item)
+        rendered = conv.to_wire(item)
         self.emit(ev.ConversationItemAdded(previous_item_id=previous_id, item=rendered))
         self.emit(ev.ConversationItemDone(previous_item_id=previous_id, item=rendered))
         if isinstance(item, conv.UserMessage) and self.config.input_transcription is not None:
@@ -504,78 +499,18 @@ class RealtimeSession:
                 if isinstance(part, conv.UserAudio) and part.transcript is None:
                     self._spawn(self._transcribe(item_id, part.samples))
 
-    def _internal_item(self, wire: Any, item_id: str) -> conv.Item:
-        match wire:
-            case FunctionCallItem():
-                if not _is_json_object(wire.arguments or "{}"):
-                    raise _Refusal(errors.INVALID_EVENT,
-                                   "A function_call's arguments must be a JSON object.",
-                                   "item.arguments")
-                return conv.FunctionCall(id=item_id, call_id=wire.call_id, name=wire.name,
-                                         arguments=wire.arguments)
-            case FunctionCallOutputItem():
-                return conv.FunctionCallOutput(id=item_id, call_id=wire.call_id,
-                                               output=wire.output)
-            case MessageItem(role="system"):
-                return conv.SystemMessage(id=item_id,
-                                          text="".join(p.text or "" for p in wire.content))
-            case MessageItem(role="assistant"):
-                text = "".join((p.text or p.transcript or "") for p in wire.content)
-                return conv.AssistantMessage(id=item_id, modality="text", full_text=text,
-                                             status="completed")
-        parts: list[conv.UserAudio | conv.UserText] = []
-        for index, part in enumerate(wire.content):
-            if part.type == "input_text":
-                parts.append(conv.UserText(part.text or ""))
-                continue
-            if not part.audio:
-                raise _Refusal(errors.INVALID_EVENT, "An input_audio part needs 'audio'.",
-                               f"item.content[{index}].audio")
-            try:
-                samples = b64decode_audio(part.audio, self.config.input_format)
-            except AudioPayloadError as exc:
-                raise _Refusal(exc.code, str(exc), f"item.content[{index}].audio") from None
-            audio16 = resample(samples, self.config.input_format.sample_rate, VAD_RATE)
-            if audio16.size == 0:
-                raise _Refusal(errors.INVALID_EVENT, "The input_audio part is empty.",
-                               f"item.content[{index}].audio")
-            parts.append(conv.UserAudio(audio16, transcript=part.transcript))
-        return conv.UserMessage(id=item_id, parts=parts)
-
-    def _wire_item(self, item: conv.Item, *, with_audio: bool = False) -> Any:
-        match item:
-            case conv.UserMessage(parts=parts):
-                content = [
-                    ContentPart(type="input_text", text=p.text) if isinstance(p, conv.UserText)
-                    else ContentPart(type="input_audio", transcript=p.transcript)
-                    for p in parts
-                ]
-                return MessageItem(id=item.id, role="user", content=content)
-            case conv.SystemMessage(text=text):
-                return MessageItem(id=item.id, role="system",
-                                   content=[ContentPart(type="input_text", text=text)])
-            case conv.AssistantMessage():
-                if item.modality == "text":
-                    part = ContentPart(type="output_text", text=item.text)
-                else:
-                    audio = base64.b64encode(item.audio).decode() if with_audio else None
-                    part = ContentPart(type="output_audio", transcript=item.text, audio=audio)
-                status = "completed" if item.status == "completed" else "incomplete"
-                return MessageItem(id=item.id, role="assistant", status=status, content=[part])
-            case conv.FunctionCall():
-                return FunctionCallItem(id=item.id, call_id=item.call_id, name=item.name,
-                                        arguments=item.arguments)
-            case conv.FunctionCallOutput():
-                return FunctionCallOutputItem(id=item.id, call_id=item.call_id,
-                                              output=item.output)
-        raise TypeError(type(item))
+    def _from_wire(self, wire: Any, item_id: str) -> conv.Item:
+        try:
+            return conv.from_wire(wire, item_id, self.config.input_format)
+        except conv.ItemError as exc:
+            raise _Refusal(exc.code, str(exc), exc.param) from None
 
     def _on_item_retrieve(self, event: ConversationItemRetrieveEvent) -> None:
         if event.item_id not in self.conversation:
             raise _Refusal(errors.ITEM_RETRIEVE_INVALID_ITEM_ID,
                            f"Item with item_id not found: {event.item_id}", "item_id")
         item = self.conversation.get(event.item_id)
-        self.emit(ev.ConversationItemRetrieved(item=self._wire_item(item, with_audio=True)))
+        self.emit(ev.ConversationItemRetrieved(item=conv.to_wire(item, with_audio=True)))
 
     async def _on_item_truncate(self, event: ConversationItemTruncateEvent) -> None:
         if event.item_id not in self.conversation:
@@ -675,11 +610,13 @@ class RealtimeSession:
             else cfg.instructions
         in_conversation = not params.out_of_band
         if params.input is not None:
-            items = [self._internal_item(i, i.id or new_item_id()) for i in params.input]
+            items = [self._from_wire(i, i.id or new_item_id()) for i in params.input]
         else:
             items = list(self.conversation)
         try:
-            prompt = build_prompt(self._messages(instructions, items), tools=schemas or None,
+            prompt = build_prompt(conv.to_messages(instructions, items, self.conversation,
+                                                  self.settings.max_prompt_tokens),
+                                  tools=schemas or None,
                                   speech=speech)
         except (ValueError, TypeError) as exc:
             # E.g. a client function_call item whose arguments are not a JSON object.
@@ -707,41 +644,6 @@ class RealtimeSession:
         self._active = _Active(runner, task)
         self._pending_response = False
         self._turn(TurnEvent.RESPONSE_STARTED)
-
-    def _messages(self, instructions: str, items: list[conv.Item]) -> list[Message]:
-        """Conversation items -> the engine's messages, oldest turns dropped past the budget."""
-        kept = conv.items_within_budget(items, self.settings.max_prompt_tokens)
-        messages: list[Message] = [System(instructions)] if instructions else []
-        names = {i.call_id: i.name for i in items if isinstance(i, conv.FunctionCall)}
-        for item in kept:
-            match item:
-                case conv.UserMessage(parts=parts):
-                    pieces = [p.text if isinstance(p, conv.UserText) else p.samples
-                              for p in parts]
-                    pieces = [p for p in pieces if (len(p) if isinstance(p, str) else p.size)]
-                    if pieces:
-                        messages.append(User(tuple(pieces)))
-                case conv.SystemMessage(text=text):
-                    messages.append(System(text))
-                case conv.AssistantMessage():
-                    if item.modality == "audio" and item.speech_ids:
-                        messages.append(Assistant(speech_ids=item.speech_ids))
-                    elif item.text:
-                        messages.append(Assistant(text=item.text))
-                case conv.FunctionCall():
-                    call = PromptCall(item.name, item.arguments or "{}")
-                    made_by = self.conversation.find(item.message_id or "")
-                    if isinstance(made_by, conv.AssistantMessage) and made_by.speech_ids:
-                        continue  # the spoken reply's replayed ids already hold the call
-                    last = messages[-1] if messages else None
-                    if made_by is not None and isinstance(last, Assistant):
-                        messages[-1] = Assistant(text=last.text,
-                                                 tool_calls=(*last.tool_calls, call))
-                    else:
-                        messages.append(Assistant(tool_calls=(call,)))
-                case conv.FunctionCallOutput():
-                    messages.append(ToolResult(names.get(item.call_id, ""), item.output))
-        return messages
 
     def _response_ended(self, runner: ResponseRunner) -> None:
         """The response sent its `response.done` (or never started): settle the conversation.
@@ -781,7 +683,7 @@ class RealtimeSession:
                     output = conv.FunctionCallOutput(id=new_item_id(), call_id=call.call_id,
                                                      output=run_server_tool(tool, call.arguments))
                     previous = place(output)
-                    rendered = self._wire_item(output)
+                    rendered = conv.to_wire(output)
                     self.emit(ev.ConversationItemAdded(previous_item_id=previous, item=rendered))
                     self.emit(ev.ConversationItemDone(previous_item_id=previous, item=rendered))
                     follow_up = True
@@ -793,13 +695,6 @@ class RealtimeSession:
         # A user turn that ended meanwhile gets its reply even when this one was cancelled.
         if self._pending_response or follow_up:
             self._start_response(ResponseCreateEvent(type="response.create"))
-
-
-def _is_json_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
 
 
 class _Refusal(Exception):
