@@ -64,6 +64,9 @@ async def close_all_sessions(gateway, timeout: float) -> None:
     if not sessions:
         return
     await asyncio.gather(*(s.shutdown() for s in sessions), return_exceptions=True)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while gateway.sessions and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)
+    waits = [asyncio.create_task(s.closed.wait()) for s in sessions]
+    _done, pending = await asyncio.wait(waits, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    if pending:
+        log.warning("sessions still open after shutdown timeout", extra={"open": len(pending)})

@@ -109,6 +109,7 @@ class RealtimeSession:
         self._pending_response = False  # a turn ended while a response was running
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
+        self.closed = asyncio.Event()  # set once the session has fully ended
         # Input audio: wire rate -> 16 kHz, then the turn detector (server VAD) or the buffer.
         self._resampler = StreamingResampler(self.config.input_format.sample_rate, VAD_RATE)
         self._buffer: list[np.ndarray] = []
@@ -141,6 +142,7 @@ class RealtimeSession:
         finally:
             await self._stop_everything()
             self.metrics.open_sessions.dec()
+            self.closed.set()
             log.info("session closed")
 
     async def shutdown(self, reason: str = "server shutting down") -> None:
