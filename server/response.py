@@ -1,10 +1,4 @@
-"""One response = one task: engine deltas -> output parser -> transcript + token2wav audio deltas.
-
-The task's `finally` aborts the engine request and cancels the token2wav stream, whatever ended
-it (completion, barge-in, `response.cancel`, an error, a closed socket). Events go out through
-`emit(event, response_id)`; deltas are tagged with the response id so that the session's send
-loop drops them once the response is cancelled, while the closing events are not.
-"""
+"""One response = one task: engine deltas -> parser -> transcript and token2wav audio deltas."""
 
 from __future__ import annotations
 
@@ -32,6 +26,10 @@ from server.protocol.items import ContentPart, FunctionCallItem, MessageItem
 from server.resample import StreamingResampler
 from tokenizer_audio.types import Token2wavService, Token2wavStream, VoiceError
 
+# The task's `finally` aborts the engine request and cancels the token2wav stream, whatever ended
+# it (completion, barge-in, `response.cancel`, an error, a closed socket). Events go out through
+# `emit(event, response_id)`; deltas are tagged with the response id so that the session's send
+# loop drops them once the response is cancelled, while the closing events are not.
 log = logging.getLogger("server.response")
 
 # emit(event, response_id or None, on_sent callback or None); response_id marks a droppable delta.

@@ -1,9 +1,4 @@
-"""One realtime session: a receive task and a send task in a TaskGroup sharing a queue of events.
-
-The receive task parses client events and runs their handlers (VAD inline: it is cheap); model
-work happens in the response task (server/response.py) and in transcription tasks. Everything
-a session sends goes through one queue, so events keep their order.
-"""
+"""One realtime session: a receive task and a send task in a TaskGroup sharing a queue of events."""
 
 from __future__ import annotations
 
@@ -55,6 +50,9 @@ from server.tools import run_server_tool, server_tools, to_model_schema
 from server.transcription import transcribe
 from server.vad import IdleTimeout, SpeechStarted, SpeechStopped, TurnDetector
 
+# The receive task parses client events and runs their handlers (VAD inline: it is cheap); model
+# work happens in the response task (server/response.py) and in transcription tasks. Everything
+# a session sends goes through one queue, so events keep their order.
 log = logging.getLogger("server.session")
 
 VAD_RATE = 16_000

@@ -1,5 +1,4 @@
-"""Fakes for fast gateway tests: an engine streaming a TA4 pattern and a 960-samples-per-code
-token2wav, both honouring abort/cancel like the real ones."""
+"""Test doubles and harness: a TA4 fake engine, a fake token2wav, servers and a raw client."""
 
 from __future__ import annotations
 

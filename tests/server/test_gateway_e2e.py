@@ -1,7 +1,4 @@
-"""End to end on a real `serve` process with the tiny checkpoint (real engine and token2wav):
-the official openai SDK (GA and beta), barge-in, manual mode, text, G.711, tools, voices,
-transcription, 20 concurrent sessions, and bad input one case per test (the documented error or
-HTTP status, then the session still completes a turn)."""
+"""End to end on a real `serve` process with the tiny checkpoint (real engine and token2wav)."""
 
 from __future__ import annotations
 
@@ -14,6 +11,9 @@ import websockets
 
 from tests.server.fakes import Client, ServerProcess, pcm16, utterance
 
+# The official openai SDK (GA and beta), barge-in, manual mode, text, G.711, tools, voices,
+# transcription, 20 concurrent sessions, and bad input one case per test (the documented error or
+# HTTP status, then the session still completes a turn).
 KEY = "test-key-123"
 MAX_SESSIONS = 21  # the 20-session test fits; the limit test fills the rest
 MAX_EVENT_BYTES = 256 * 1024

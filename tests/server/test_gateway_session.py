@@ -642,3 +642,23 @@ async def test_sampling_defaults_and_per_session_overrides(tokenizer):
         assert (sampling.temperature, sampling.top_p, sampling.repetition_penalty,
                 sampling.max_tokens) == (0.3, 0.5, 1.2, 12)
         await client.close()
+
+
+async def test_client_leaving_mid_reply_frees_the_engine_and_token2wav(tokenizer, hello_pcm):
+    import asyncio
+
+    engine = make_engine(tokenizer, n_codes=3000, step_s=0.004)
+    with serving(tokenizer, engine=engine) as server:
+        client = await session(server)
+        await client.append_audio(hello_pcm)
+        delta = (await client.until("response.output_audio.delta"))[-1]
+        await client.close()
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            for _ in range(100):
+                metrics = (await http.get("/metrics")).text
+                if "stepaudio2_open_sessions 0.0" in metrics and not engine.in_flight:
+                    break
+                await asyncio.sleep(0.05)
+        assert "stepaudio2_open_sessions 0.0" in metrics
+        assert delta["response_id"] in engine.aborted and not engine.in_flight
+        assert server.token2wav.streams[0].cancelled
