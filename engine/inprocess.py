@@ -153,13 +153,12 @@ class InProcessEngine:
 
 def _build(model_dir: Path, opts: InProcessEngineSettings) -> tuple[Any, Any, SpecialTokens]:
     """Blocking: tokenizer, special tokens and the AsyncLLM (spawns the engine core)."""
-    from transformers import AutoTokenizer
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from engine.tokens import SpecialTokens
+    from engine.tokens import SpecialTokens, load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = load_tokenizer(model_dir)
     special = SpecialTokens.from_tokenizer(tokenizer)
     args = AsyncEngineArgs(
         model=str(model_dir),

@@ -109,13 +109,12 @@ class RemoteEngine:
     ) -> None:
         if not urls:
             raise ValueError("RemoteEngine needs at least one server URL")
-        if isinstance(model_dir_or_tokenizer, str | Path):
-            from transformers import AutoTokenizer
+        from engine.tokens import SpecialTokens, load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir_or_tokenizer))
+        if isinstance(model_dir_or_tokenizer, str | Path):
+            tokenizer = load_tokenizer(model_dir_or_tokenizer)
         else:
             tokenizer = model_dir_or_tokenizer
-        from engine.tokens import SpecialTokens
 
         self.tokenizer = tokenizer
         self.special = SpecialTokens.from_tokenizer(tokenizer)
@@ -307,6 +306,8 @@ class RemoteEngine:
             raise
         except (httpx.HTTPError, json.JSONDecodeError) as exc:
             server.healthy, server.last_error = False, f"{type(exc).__name__}: {exc}"
+            log.warning("engine server %s failed during request %s (%s); taken out until its "
+                        "health check passes", server.url, request_id, server.last_error)
             raise EngineError(
                 f"engine server {server.url} failed during request {request_id}: {exc}"
             ) from exc

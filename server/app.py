@@ -55,17 +55,15 @@ class GatewayState:
 
 async def build_services(settings: Settings) -> Services:
     """The real thing: tokenizer, engine (embedded vLLM or remote) and token2wav service."""
-    from tokenizer_audio.service import create_token2wav_service
-    from transformers import AutoTokenizer
-
     from engine.factory import create_engine
-    from engine.tokens import SpecialTokens
+    from engine.tokens import SpecialTokens, load_tokenizer
+    from tokenizer_audio.service import create_token2wav_service
 
     model_dir = settings.model
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"no checkpoint at {model_dir} (config.json missing)")
     log.info("loading tokenizer", extra={"model_dir": str(model_dir)})
-    tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, str(model_dir))
+    tokenizer = await asyncio.to_thread(load_tokenizer, model_dir)
     special = SpecialTokens.from_tokenizer(tokenizer)
     log.info("starting token2wav", extra={"device": settings.device})
     token2wav = await create_token2wav_service(
@@ -76,11 +74,30 @@ async def build_services(settings: Settings) -> Services:
     )
     log.info("starting engine", extra={"engine_urls": settings.engine_urls})
     try:
-        engine = await create_engine(model_dir, engine_urls=list(settings.engine_urls))
+        engine = await create_engine(
+            model_dir, engine_urls=list(settings.engine_urls), **engine_options(settings)
+        )
     except BaseException:
         await token2wav.close()
         raise
     return Services(engine=engine, token2wav=token2wav, tokenizer=tokenizer, special=special)
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """The settings the configured engine takes (remote servers or the embedded vLLM)."""
+    if settings.engine_urls:
+        return {
+            "startup_timeout": settings.engine_startup_timeout_s,
+            "health_interval": settings.engine_health_interval_s,
+        }
+    options: dict[str, Any] = {
+        "max_model_len": settings.engine_max_model_len,
+        "max_num_seqs": settings.engine_max_num_seqs,
+        "kv_cache_gib": settings.engine_kv_cache_gib,
+    }
+    if settings.engine_enforce_eager is not None:
+        options["enforce_eager"] = settings.engine_enforce_eager
+    return options
 
 
 def read_test_marker(model_dir: Path) -> dict[str, Any] | None:

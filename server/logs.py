@@ -48,15 +48,20 @@ class PlainFormatter(logging.Formatter):
         return line
 
 
+# The project's packages; each gets the same handler, so engine and token2wav lines are not lost.
+_LOGGERS = ("server", "engine", "tokenizer_audio")
+
+
 def configure_logging(level: str = "info", json_lines: bool = True) -> None:
-    """Install one stderr handler on the `server` logger (idempotent)."""
-    logger = logging.getLogger("server")
-    logger.setLevel(level.upper())
-    for handler in list(logger.handlers):
-        if getattr(handler, "_stepaudio2", False):
-            logger.removeHandler(handler)
+    """Install one stderr handler on the project's loggers (idempotent)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter())
     handler._stepaudio2 = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.propagate = False
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        for old in list(logger.handlers):
+            if getattr(old, "_stepaudio2", False):
+                logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = False

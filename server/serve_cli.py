@@ -31,6 +31,13 @@ _FLAGS: tuple[tuple[str, str, dict], ...] = (
     ("--top-p", "top_p", {"type": float}),
     ("--repetition-penalty", "repetition_penalty", {"type": float}),
     ("--max-output-tokens", "max_output_tokens", {"type": int}),
+    ("--engine-max-model-len", "engine_max_model_len", {"type": int}),
+    ("--engine-max-num-seqs", "engine_max_num_seqs", {"type": int}),
+    ("--engine-kv-cache-gib", "engine_kv_cache_gib", {"type": float}),
+    ("--engine-enforce-eager", "engine_enforce_eager",
+     {"action": argparse.BooleanOptionalAction, "help": "no CUDA graphs / compilation"}),
+    ("--engine-startup-timeout-s", "engine_startup_timeout_s", {"type": float}),
+    ("--engine-health-interval-s", "engine_health_interval_s", {"type": float}),
     ("--log-level", "log_level", {"choices": ["debug", "info", "warning", "error"]}),
     ("--static-dir", "static_dir", {"metavar": "DIR"}),
 )

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         audio_delta_ms: target duration of one `response.output_audio.delta` (40-200 ms).
         server_tools: built-in tools the model may call (executed by the server).
         temperature, top_p, repetition_penalty, max_output_tokens: sampling defaults (spec e.8).
+        engine_max_model_len, engine_max_num_seqs, engine_kv_cache_gib, engine_enforce_eager:
+            sizes of the embedded vLLM engine (eager mode: no CUDA graphs / compilation; unset
+            keeps the engine's default).
+        engine_startup_timeout_s, engine_health_interval_s: remote engines: how long to wait for
+            a first healthy server at start, and how often each is health-checked.
     """
 
     model_config = SettingsConfigDict(
@@ -63,6 +68,12 @@ class Settings(BaseSettings):
     max_output_tokens: int = Field(default=4096, ge=1)
     transcription_temperature: float = Field(default=0.1, ge=0.0, le=2.0)
     transcription_max_tokens: int = Field(default=256, ge=1)
+    engine_max_model_len: int = Field(default=8192, ge=256)
+    engine_max_num_seqs: int = Field(default=16, ge=1)
+    engine_kv_cache_gib: float | None = Field(default=None, gt=0)
+    engine_enforce_eager: bool | None = None
+    engine_startup_timeout_s: float = Field(default=600.0, ge=0)
+    engine_health_interval_s: float = Field(default=5.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
     static_dir: Path | None = None

@@ -6,14 +6,25 @@ import logging
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from pydantic import BaseModel
 
+from server.auth import check_key, presented_key
 from tokenizer_audio.types import VoiceError
 
 log = logging.getLogger("server.voices")
 
-router = APIRouter(prefix="/v1/voices", tags=["voices"])
+
+def require_api_key(request: Request) -> None:
+    """The same keys as the websocket: voices are server state, not public when keys are set."""
+    result = check_key(request.app.state.gateway.settings.api_keys,
+                       presented_key(request.headers, ()))
+    if not result.ok:
+        raise HTTPException(status_code=result.status, detail=result.message,
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+router = APIRouter(prefix="/v1/voices", tags=["voices"], dependencies=[Depends(require_api_key)])
 
 MAX_VOICE_BYTES = 8 * 1024 * 1024  # 30 s of 48 kHz stereo int16 is ~5.8 MB
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

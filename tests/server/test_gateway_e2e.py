@@ -457,7 +457,15 @@ async def test_voices_endpoints_and_a_turn_in_the_new_voice(server, turn_pcm):
     soundfile.write(wav, speech("This is my new voice. I speak clearly for a few seconds, "
                                 "so that the server can learn how I sound.", 16000),
                     16000, format="WAV", subtype="PCM_16")
-    async with httpx.AsyncClient(base_url=server.http, timeout=120) as http:
+    async with httpx.AsyncClient(base_url=server.http, timeout=120) as anonymous:
+        # The server has API keys: its voices are not public.
+        assert (await anonymous.get("/v1/voices")).status_code == 401
+        refused = await anonymous.post("/v1/voices", data={"name": "intruder"},
+                                       files={"file": ("v.wav", wav.getvalue(), "audio/wav")})
+        assert refused.status_code == 401
+        wrong = await anonymous.get("/v1/voices", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403
+    async with httpx.AsyncClient(base_url=server.http, timeout=120, headers=AUTH) as http:
         listing = (await http.get("/v1/voices")).json()
         assert listing["default"] in [v["id"] for v in listing["data"]]
         added = await http.post("/v1/voices", data={"name": "newvoice"},
