@@ -1,4 +1,4 @@
-"""`stepaudio2-rt` subcommands of the engine package: make-checkpoint and manifest."""
+"""`stepaudio2-rt` subcommands of the engine package: make-checkpoint, manifest and generate."""
 
 from __future__ import annotations
 
