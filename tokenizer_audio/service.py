@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -32,9 +31,9 @@ class Token2wavServiceImpl:
         return self.voices.default_name
 
     async def add_voice(self, name: str, wav_bytes: bytes) -> None:
-        """Register a voice (features off the loop), then build its streaming prompt caches on
-        the worker so its first stream starts with no set-up cost."""
-        await asyncio.to_thread(self.voices.add, name, wav_bytes)
+        """Register a voice and build its streaming prompt caches, on the worker thread (the
+        only thread running torch, see Token2wavWorker), so its first stream has no set-up."""
+        await self.worker.call(lambda: self.voices.add(name, wav_bytes))
         await self.worker.call(lambda: self.t2w.voice_prompt(name))
 
     async def open_stream(self, voice: str) -> Token2wavStream:
@@ -55,14 +54,19 @@ async def create_token2wav_service(token2wav_dir: str | Path, *,
                                    threads: int | None = None,
                                    dtype: torch.dtype = torch.float32,
                                    warm_default_voice: bool = True) -> Token2wavService:
-    """Load token2wav/ (or a model folder holding it) in a thread and start the worker.
+    """Load token2wav/ (or a model folder holding it) on the worker's thread and start it.
 
     With `warm_default_voice`, the default voice's features and prompt caches are computed
     before returning, so the first conversation does not pay for them.
     """
-    t2w = await asyncio.to_thread(Token2wav, token2wav_dir, device, dtype, voices_dir=voices_dir)
-    worker = Token2wavWorker(t2w, threads=threads)
+    worker = Token2wavWorker(None, threads=threads)
     worker.start()
+    try:
+        t2w = await worker.load(
+            lambda: Token2wav(token2wav_dir, device, dtype, voices_dir=voices_dir))
+    except BaseException:
+        await worker.close()
+        raise
     service = Token2wavServiceImpl(t2w, worker)
     if warm_default_voice:
         sys.stderr.write("token2wav: preparing the default voice\n")

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tokenizer_audio.voices import VoiceRegistry
 
 CHUNK_CODES = 25  # new codes per streaming step: 1 s of audio (spec f.5)
-VOICE_PROMPT_CACHE = 16  # voices whose streaming prompt caches stay in memory
+VOICE_PROMPT_CACHE = 4  # voices kept ready; an 8 s prompt's caches take ~0.5 GB in fp32
 
 
 class VoiceData(Protocol):

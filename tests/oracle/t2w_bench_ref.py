@@ -2,7 +2,8 @@
 
 Run in .venv-oracle by bench/token2wav.py. Args (JSON): dir (token2wav folder), inputs (torch
 file: prompt_codes, prompt_mel, xvector, codes), streams, threads. Several streams are served
-the only way the reference allows: one object, each stream's caches swapped in per call.
+the only way the reference allows: one object, each stream's caches (copied) swapped in per
+call.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ os.environ["TORCHDYNAMO_DISABLE"] = "1"  # see flow_oracle.py
 
 import flow_oracle  # noqa: E402  (installs the shim and the CPU patches)
 import torch  # noqa: E402
+
+
+def _own(flow_cache: dict, hift_cache: dict) -> tuple[dict, dict]:
+    """Copies of a stream's caches: the reference returns views of buffers shared by all
+    streams, so serving several streams from one object needs its own copies (timed too)."""
+    return ({k: v.clone() for k, v in flow_cache.items()},
+            {k: v.clone() for k, v in hift_cache.items()})
 
 
 def main() -> None:
@@ -56,7 +64,7 @@ def main() -> None:
         start = time.perf_counter()
         t2w.set_stream_cache("voice")
         setup_s.append(time.perf_counter() - start)
-        caches.append((t2w.stream_cache, t2w.hift_cache_dict))
+        caches.append(_own(t2w.stream_cache, t2w.hift_cache_dict))
     codes = list(inputs["codes"])
     buffers = [codes[:] for _ in range(n)]
     chunk_s, round_s, audio_s = [], [], 0.0
@@ -68,7 +76,7 @@ def main() -> None:
             pcm = t2w.stream(buffers[s][:28], "voice", last_chunk=False)
             chunk_s.append(time.perf_counter() - start)
             audio_s += len(pcm) / 2 / 24000
-            caches[s] = (t2w.stream_cache, t2w.hift_cache_dict)
+            caches[s] = _own(t2w.stream_cache, t2w.hift_cache_dict)
             buffers[s] = buffers[s][25:]
         round_s.append(time.perf_counter() - round_start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
