@@ -190,9 +190,10 @@ def test_batched_streams_get_the_audio_they_get_alone(speech_mel: torch.Tensor) 
                                  caches, [False] * 3, gens)
     seconds = model.vocode_chunks([m[:, :, p[0]:] for m, p in zip(mels, plans, strict=True)],
                                   caches, [True] * 3, gens)
+    # Batched matmuls round differently; the bound is one int16 step of the output (1/32768).
     for k in range(len(plans)):
-        torch.testing.assert_close(firsts[k], alone[k][0], rtol=0, atol=1e-5)
-        torch.testing.assert_close(seconds[k], alone[k][1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(firsts[k], alone[k][0], rtol=0, atol=1 / 32768)
+        torch.testing.assert_close(seconds[k], alone[k][1], rtol=0, atol=1 / 32768)
 
 
 @pytest.mark.oracle
