@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -151,6 +152,22 @@ class InProcessEngine:
             gc.collect()
 
 
+# KV cache of the embedded engine on a CPU build of vLLM when nothing says otherwise. Without an
+# explicit size, vLLM-cpu reserves 92 % of the machine's memory and refuses to start when other
+# processes hold more than the rest.
+CPU_DEFAULT_KV_CACHE_GIB = 2.0
+
+
+def _kv_cache_bytes(kv_cache_gib: float | None) -> int | None:
+    """The explicit KV cache size: the setting, else VLLM_CPU_KVCACHE_SPACE or a default on the
+    CPU; on GPUs None leaves it to vLLM's gpu_memory_utilization."""
+    from vllm.platforms import current_platform
+
+    if kv_cache_gib is None and current_platform.is_cpu():
+        kv_cache_gib = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_DEFAULT_KV_CACHE_GIB)
+    return int(kv_cache_gib * 2**30) if kv_cache_gib else None
+
+
 def _build(model_dir: Path, opts: InProcessEngineSettings) -> tuple[Any, Any, SpecialTokens]:
     """Blocking: tokenizer, special tokens and the AsyncLLM (spawns the engine core)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -165,7 +182,7 @@ def _build(model_dir: Path, opts: InProcessEngineSettings) -> tuple[Any, Any, Sp
         dtype=opts.dtype,
         max_model_len=opts.max_model_len,
         max_num_seqs=opts.max_num_seqs,
-        kv_cache_memory_bytes=int(opts.kv_cache_gib * 2**30) if opts.kv_cache_gib else None,
+        kv_cache_memory_bytes=_kv_cache_bytes(opts.kv_cache_gib),
         enforce_eager=opts.enforce_eager,
         seed=opts.seed,
     )
