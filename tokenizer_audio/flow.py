@@ -62,9 +62,12 @@ class FlowStream:
 
     def nbytes(self) -> int:
         """Bytes held by this stream beyond the voice's shared prompt caches."""
-        shared = {id(s.k) for step in self.voice.steps for s in step.spans}
+        def storage(t: torch.Tensor) -> int:
+            return t.untyped_storage().data_ptr()
+
+        shared = {storage(s.k) for step in self.voice.steps for s in step.spans}
         own = sum(s.k.numel() * s.k.element_size() * 2 for step in self.steps
-                  for s in step.spans if id(s.k) not in shared)
+                  for s in step.spans if storage(s.k) not in shared)
         conv = sum(step.conv.numel() * step.conv.element_size() for step in self.steps)
         return own + conv + self.conformer.nbytes()
 
