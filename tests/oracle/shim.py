@@ -20,7 +20,14 @@ def _stub(name: str) -> types.ModuleType:
     def _missing(*_args, **_kwargs):
         raise RuntimeError(f"{name} is stubbed in the oracle harness")
 
-    module.__getattr__ = lambda _attr: _missing  # type: ignore[method-assign]
+    def _attr(name: str):
+        # Dunders (`__file__`, `__path__`, ...) must stay missing: inspect and torch.compile
+        # probe them.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _missing
+
+    module.__getattr__ = _attr  # type: ignore[method-assign]
     return module
 
 
