@@ -172,6 +172,9 @@ def create_app(settings: Settings, *, services_builder: ServicesBuilder | None =
 
     @app.get("/metrics")
     async def metrics(gateway: GatewayDep) -> Response:
+        if gateway.services is not None:
+            # A remote engine's servers (the embedded engine has none).
+            gateway.metrics.observe_engine_servers(getattr(gateway.services.engine, "servers", ()))
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/info")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -38,6 +39,22 @@ class Metrics:
             "stepaudio2_token2wav_queue_depth", "Chunks waiting for the token2wav worker",
             registry=self.registry,
         )
+
+        self.engine_server_up = Gauge(
+            "stepaudio2_engine_server_up", "Remote vLLM server healthy (1) or taken out (0)",
+            ["url"], registry=self.registry,
+        )
+        self.engine_server_in_flight = Gauge(
+            "stepaudio2_engine_server_in_flight", "Requests in flight per remote vLLM server",
+            ["url"], registry=self.registry,
+        )
+
+    def observe_engine_servers(self, servers: Iterable[Any]) -> None:
+        """Per-server health and load of a remote engine (objects with url, healthy, in_flight),
+        read at scrape time."""
+        for server in servers:
+            self.engine_server_up.labels(server.url).set(1.0 if server.healthy else 0.0)
+            self.engine_server_in_flight.labels(server.url).set(float(server.in_flight))
 
     def track_token2wav_queue(self, depth: Callable[[], int]) -> None:
         """Read the token2wav worker's queue depth at scrape time."""

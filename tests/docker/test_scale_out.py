@@ -188,6 +188,10 @@ async def test_engine_killed_mid_response_then_restarted(cluster: Cluster) -> No
 
         # The same session's next turn runs on the engine that is still alive.
         assert victim is not None
+        # The gateway took the dead engine out at once, and says so in its metrics.
+        up = await asyncio.to_thread(
+            cluster.gateway.metric, "stepaudio2_engine_server_up", {"url": victim.url})
+        assert up == 0.0
         survivor = next(e for e in cluster.engines if e is not victim)
         survivor_before = await finished(survivor)
         await session.update_session({"max_output_tokens": SHORT})
@@ -214,3 +218,6 @@ async def test_engine_killed_mid_response_then_restarted(cluster: Cluster) -> No
             await concurrent_turns(cluster, sessions)
             progress(f"{victim.name} finished {await finished(victim)} requests")
     assert cluster.gateway.alive()
+    up = await asyncio.to_thread(
+        cluster.gateway.metric, "stepaudio2_engine_server_up", {"url": victim.url})
+    assert up == 1.0

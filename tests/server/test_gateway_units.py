@@ -107,3 +107,20 @@ def test_json_logs_carry_the_session_id():
         session_id_var.reset(token)
     assert line["msg"] == "opened now" and line["session_id"] == "sess_abc"
     assert line["dialect"] == "ga" and line["level"] == "info"
+
+
+def test_metrics_show_each_remote_engine_server():
+    from engine.remote import Server
+    from server.metrics import Metrics
+
+    metrics = Metrics()
+    servers = [Server("http://a:8000", healthy=True, in_flight=3),
+               Server("http://b:8000", healthy=False, in_flight=0)]
+    metrics.observe_engine_servers(servers)
+    text = metrics.render().decode()
+    assert 'stepaudio2_engine_server_up{url="http://a:8000"} 1.0' in text
+    assert 'stepaudio2_engine_server_up{url="http://b:8000"} 0.0' in text
+    assert 'stepaudio2_engine_server_in_flight{url="http://a:8000"} 3.0' in text
+    servers[1].healthy = True  # put back after a health check: the next scrape says so
+    metrics.observe_engine_servers(servers)
+    assert 'stepaudio2_engine_server_up{url="http://b:8000"} 1.0' in metrics.render().decode()
