@@ -363,6 +363,10 @@ async def test_barge_in_cancels_the_reply_and_keeps_what_was_heard(server, turn_
     assert base64.b64decode(item["content"][0]["audio"]) == received[: point * 48]
     await client.send({"type": "session.update", "session": {
         "type": "realtime", "max_output_tokens": MAX_TOKENS}})
+    # The interrupting "no, stop" had no trailing silence, so its own turn is still open: end it
+    # and let its reply finish, or the next turn's speech would barge in on that reply.
+    await client.append_audio(bytes(2 * 24_000))  # 1 s of silence
+    await client.until("response.done", timeout=120)
     await completes_a_turn(client, turn_pcm)
 
 
