@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -15,22 +14,7 @@ from engine.parser import (
     ToolCall,
     ToolCallError,
 )
-from engine.tokenizer_build import write_tokenizer
 from engine.tokens import SpecialTokens
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory: pytest.TempPathFactory):
-    from transformers import AutoTokenizer
-
-    out: Path = tmp_path_factory.mktemp("tokenizer")
-    write_tokenizer(out)
-    return AutoTokenizer.from_pretrained(str(out))
-
-
-@pytest.fixture(scope="module")
-def sp(tok) -> SpecialTokens:
-    return SpecialTokens.from_tokenizer(tok)
 
 
 def ids_of(tok, token: str) -> int:

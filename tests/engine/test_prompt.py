@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -20,25 +18,10 @@ from engine.prompt import (
     think_continuation,
     tokenize_prompt,
 )
-from engine.tokenizer_build import write_tokenizer
-from engine.tokens import SpecialTokens
 from engine.types import AudioSegment, TextSegment, TokenSegment
 
 SR = 16_000
 
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory: pytest.TempPathFactory):
-    from transformers import AutoTokenizer
-
-    out: Path = tmp_path_factory.mktemp("tokenizer")
-    write_tokenizer(out)
-    return AutoTokenizer.from_pretrained(str(out))
-
-
-@pytest.fixture(scope="module")
-def sp(tok) -> SpecialTokens:
-    return SpecialTokens.from_tokenizer(tok)
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,6 @@ FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
          "special_tokens_map.json", "added_tokens.json")
 
 
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tokenizer")
-    write_tokenizer(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tok(tok_dir: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tok_dir))
-
-
 def test_files_are_the_qwen2_set_and_small(tok_dir: Path) -> None:
     for name in FILES:
         assert (tok_dir / name).is_file(), name
