@@ -65,12 +65,14 @@ async def build_services(settings: Settings) -> Services:
     log.info("loading tokenizer", extra={"model_dir": str(model_dir)})
     tokenizer = await asyncio.to_thread(load_tokenizer, model_dir)
     special = SpecialTokens.from_tokenizer(tokenizer)
-    log.info("starting token2wav", extra={"device": settings.device})
+    log.info("starting token2wav", extra={"device": settings.device,
+                                          "precision": settings.token2wav_precision})
     token2wav = await create_token2wav_service(
         model_dir / "token2wav",
         voices_dir=settings.voices_dir,
         device=settings.device,
         threads=settings.token2wav_threads,
+        precision=settings.token2wav_precision,
     )
     log.info("starting engine", extra={"engine_urls": settings.engine_urls})
     try:

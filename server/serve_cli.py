@@ -14,6 +14,8 @@ _FLAGS: tuple[tuple[str, str, dict], ...] = (
      {"action": "append", "metavar": "URL", "help": "remote vLLM server (repeatable)"}),
     ("--device", "device", {"help": "token2wav device, e.g. cpu or cuda:0"}),
     ("--token2wav-threads", "token2wav_threads", {"type": int}),
+    ("--token2wav-precision", "token2wav_precision",
+     {"choices": ["fp32", "bf16", "int8"], "help": "int8: faster on CPUs, ~1 %% mel error"}),
     ("--voices-dir", "voices_dir", {"metavar": "DIR"}),
     ("--default-voice", "default_voice", {}),
     ("--api-key", "api_keys", {"action": "append", "metavar": "KEY", "help": "repeatable"}),

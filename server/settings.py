@@ -20,6 +20,8 @@ class Settings(BaseSettings):
         model: Step-Audio-2-mini checkpoint directory (with `token2wav/`).
         engine_urls: remote vLLM servers; empty = the embedded in-process engine.
         device: torch device for token2wav ("cpu", "cuda:0", ...).
+        token2wav_precision: "fp32" reproduces the reference; "int8" (CPU only) runs the flow's
+            DiT about 1.5x faster at ~1 % mel error; "bf16" suits GPUs and AMX CPUs.
         api_keys: accepted keys; empty = open server.
         max_sessions: concurrent websocket sessions; the next handshake gets HTTP 503.
         max_event_bytes: largest client event accepted (PROTOCOL.md: 15 MiB of base64 per append).
@@ -48,6 +50,7 @@ class Settings(BaseSettings):
     engine_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str = "cpu"
     token2wav_threads: int | None = Field(default=None, ge=1)
+    token2wav_precision: Literal["fp32", "bf16", "int8"] = "fp32"
     voices_dir: Path | None = None
     default_voice: str | None = None
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -46,7 +46,7 @@ class DitStepCache:
     """
 
     spans: tuple[KVSpan, ...]
-    conv: torch.Tensor  # [depth, 2 (CFG rows), 2 (first, second conv), hidden, kernel - 1]
+    conv: torch.Tensor  # [depth, 2 (CFG rows), 2 (first, second conv), kernel - 1, hidden]
 
     @property
     def length(self) -> int:
@@ -77,8 +77,32 @@ def _cut(spans: Sequence[KVSpan], start: int, end: int) -> tuple[KVSpan, ...]:
     return tuple(out)
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+@dataclass(frozen=True)
+class Modulation:
+    """adaLN shift, 1 + scale and gate of one block part, each [1, 1, hidden]."""
+
+    shift: torch.Tensor
+    scale1: torch.Tensor  # 1 + scale, so that modulating is one fused multiply-add
+    gate: torch.Tensor
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x, self.scale1)
+
+    def gated_add(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(h, self.gate, y)
+
+
+@dataclass(frozen=True)
+class StepConditioning:
+    """Every modulation of the DiT at one time value t (blocks: attention, MLP, conv; final).
+
+    It depends only on t and the weights, so the sampler computes it once per ODE step and
+    reuses it for every chunk of every stream.
+    """
+
+    blocks: tuple[tuple[Modulation, Modulation, Modulation], ...]
+    final_shift: torch.Tensor
+    final_scale1: torch.Tensor
 
 
 class TimestepEmbedder(nn.Module):
@@ -110,20 +134,56 @@ class Attention(nn.Module):
         self.q_norm = nn.LayerNorm(head_dim)
         self.k_norm = nn.LayerNorm(head_dim)
         self.proj = nn.Linear(inner, dim)
+        self.to_qkv: nn.Module | None = None  # int8 mode: q, k and v as one fused product
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: [B, T, C] -> q, k, v [B, heads, T, head_dim]."""
+        """x: [B, T, C] -> q (pre-scaled by 1/sqrt(head_dim)), k, v [B, heads, T, head_dim]."""
         b, t, _ = x.shape
 
         def heads(y: torch.Tensor) -> torch.Tensor:
             return y.reshape(b, t, self.heads, self.head_dim).transpose(1, 2)
 
-        return (self.q_norm(heads(self.to_q(x))), self.k_norm(heads(self.to_k(x))),
-                heads(self.to_v(x)))
+        if self.to_qkv is not None:
+            q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        else:
+            q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        # The norms run on [B, T, heads, head_dim] before the head transpose.
+        q = self.q_norm(q.reshape(b, t, self.heads, self.head_dim))
+        k = self.k_norm(k.reshape(b, t, self.heads, self.head_dim))
+        return ((q * self.head_dim ** -0.5).transpose(1, 2), k.transpose(1, 2), heads(v))
 
     def out(self, o: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = o.shape
         return self.proj(o.transpose(1, 2).reshape(b, t, -1))
+
+
+def attend(q: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]
+           ) -> torch.Tensor:
+    """Softmax attention of pre-scaled q [B, H, Tq, d] over several key/value runs [B, H, Tk, d].
+
+    The runs are read in place (a voice's prompt cache is never copied per stream): one softmax
+    over the concatenated scores, then the value runs summed.
+    """
+    scores = [torch.matmul(q, k.transpose(-1, -2)) for k in keys]
+    probs = torch.softmax(scores[0] if len(scores) == 1 else torch.cat(scores, dim=-1), dim=-1)
+    start = values[0].shape[2]
+    out = torch.matmul(probs[..., :start], values[0])
+    for v in values[1:]:
+        out.add_(torch.matmul(probs[..., start:start + v.shape[2]], v))
+        start += v.shape[2]
+    return out
+
+
+def conv_as_linear(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A kernel-k Conv1d over time-major x [B, T + k - 1, C] as one matrix product -> [B, T, C].
+
+    Small convolutions run well below GEMM speed on the CPU; the window unfold is cheap. A
+    module that is not a Conv1d (e.g. an int8 replacement) takes the unfolded windows itself.
+    """
+    windows = x.unfold(1, _CONV_KERNEL, 1).flatten(2)  # [B, T, C * k], channel-major like W
+    if isinstance(conv, nn.Conv1d):
+        return F.linear(windows, conv.weight.flatten(1), conv.bias)
+    return conv(windows)
 
 
 class ConvBlock(nn.Module):
@@ -142,19 +202,20 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor,
                                                                             torch.Tensor]:
-        """x: [B, T, C]; cache [B, 2, C, kernel-1] (zeros = start of sequence) or None."""
+        """x: [B, T, C]; cache [B, 2, kernel-1, C] (zeros = start of sequence) or None.
+
+        Returns the output [B, T, C] and the new cache (the last kernel-1 inputs of each conv).
+        """
         conv1, norm, conv2 = self.block[1], self.block[3], self.block[6]
-        y = x.transpose(1, 2)
         pad = _CONV_KERNEL - 1
-        head1 = cache[:, 0] if cache is not None else y.new_zeros(y.shape[0], y.shape[1], pad)
-        y = torch.cat([head1, y], dim=2)
-        tail1 = y[..., -pad:]
-        y = conv1(y)
-        y = F.mish(norm(y.transpose(1, 2))).transpose(1, 2)
-        head2 = cache[:, 1] if cache is not None else y.new_zeros(y.shape[0], y.shape[1], pad)
-        y = torch.cat([head2, y], dim=2)
-        tail2 = y[..., -pad:]
-        return conv2(y).transpose(1, 2), torch.stack([tail1, tail2], dim=1)
+        if cache is None:
+            cache = x.new_zeros(x.shape[0], 2, pad, x.shape[2])
+        y = torch.cat([cache[:, 0], x], dim=1)
+        tail1 = y[:, -pad:]
+        y = F.mish(norm(conv_as_linear(conv1, y)))
+        y = torch.cat([cache[:, 1], y], dim=1)
+        tail2 = y[:, -pad:]
+        return conv_as_linear(conv2, y), torch.stack([tail1, tail2], dim=1)
 
 
 class Mlp(nn.Module):
@@ -181,6 +242,12 @@ class DiTBlock(nn.Module):
         self.conv = ConvBlock(h)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, 9 * h))
 
+    def modulations(self, c: torch.Tensor) -> tuple[Modulation, Modulation, Modulation]:
+        """c [1, 1, hidden] -> (attention, MLP, conv) modulations, in the checkpoint's order."""
+        m = self.adaLN_modulation(c).chunk(9, dim=-1)
+        return (Modulation(m[0], 1 + m[1], m[2]), Modulation(m[3], 1 + m[4], m[5]),
+                Modulation(m[6], 1 + m[7], m[8]))
+
 
 class FinalLayer(nn.Module):
     def __init__(self, hidden: int, out_channels: int) -> None:
@@ -188,10 +255,6 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.norm_final = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden, out_channels)
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
 class DiT(nn.Module):
@@ -208,65 +271,68 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(dims) for _ in range(dims.depth))
         self.final_layer = FinalLayer(dims.hidden_size, dims.out_channels)
 
-    def _inputs(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spk: torch.Tensor,
-                cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.t_embedder(t).unsqueeze(1)  # [B, 1, hidden]
-        spk = spk.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-        h = self.in_proj(torch.cat([x, mu, spk, cond], dim=1).transpose(1, 2))
-        return h, c
+    def conditioning(self, t: torch.Tensor) -> StepConditioning:
+        """All modulations at time t (a 1-element tensor)."""
+        c = self.t_embedder(t.reshape(1)).unsqueeze(1)  # [1, 1, hidden]
+        shift, scale = self.final_layer.adaLN_modulation(c).chunk(2, dim=-1)
+        return StepConditioning(tuple(block.modulations(c) for block in self.blocks),
+                                shift, 1 + scale)
 
-    def forward(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, spk: torch.Tensor,
-                cond: torch.Tensor) -> torch.Tensor:
-        """Offline: full attention over T. x, mu, cond: [B, C, T]; t: [B]; spk: [B, C]."""
-        h, c = self._inputs(x, mu, t, spk, cond)
-        for block in self.blocks:
-            mods = block.adaLN_modulation(c).chunk(9, dim=-1)
-            q, k, v = block.attn.qkv(modulate(block.norm1(h), mods[0], mods[1]))
-            h = h + mods[2] * block.attn.out(F.scaled_dot_product_attention(q, k, v))
-            conv, _ = block.conv(modulate(block.norm3(h), mods[6], mods[7]), None)
-            h = h + mods[8] * conv
-            h = h + mods[5] * block.mlp(modulate(block.norm2(h), mods[3], mods[4]))
-        return self.final_layer(h, c).transpose(1, 2)
+    def forward(self, x: torch.Tensor, mu: torch.Tensor, step: StepConditioning,
+                spk: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Offline: full attention over T, from zero conv state (a chunk with empty caches).
+
+        x, mu, cond: [2S, C, T]; step: the ODE step's modulations; spk: [2S, C].
+        """
+        empty = [self.empty_step_cache(x)] * (x.shape[0] // 2)
+        out, _ = self.forward_chunk(x, mu, step, spk, cond, empty, keep=False)
+        return out
 
     def empty_step_cache(self, like: torch.Tensor) -> DitStepCache:
         d = self.dims
-        return DitStepCache(spans=(), conv=like.new_zeros(d.depth, 2, 2, d.hidden_size,
-                                                          _CONV_KERNEL - 1))
+        return DitStepCache(spans=(), conv=like.new_zeros(d.depth, 2, 2, _CONV_KERNEL - 1,
+                                                          d.hidden_size))
 
-    def forward_chunk(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor,
+    def forward_chunk(self, x: torch.Tensor, mu: torch.Tensor, step: StepConditioning,
                       spk: torch.Tensor, cond: torch.Tensor,
-                      caches: Sequence[DitStepCache]) -> tuple[torch.Tensor, list[DitStepCache]]:
+                      caches: Sequence[DitStepCache], keep: bool = True
+                      ) -> tuple[torch.Tensor, list[DitStepCache]]:
         """One ODE step for a batch of streams with equal chunk length T.
 
-        x, mu, cond: [2S, C, T] (CFG row pairs per stream); t: [2S]; spk: [2S, C]; caches: S
-        step caches. Each stream attends to its cache's spans and its whole chunk. Returns the
-        velocity [2S, out, T] and S new caches (the chunk's keys/values prepended).
+        x, mu, cond: [2S, C, T] (CFG row pairs per stream); step: the ODE step's modulations;
+        spk: [2S, C]; caches: S step caches. Each stream attends to its cache's spans and its
+        whole chunk. Returns the velocity [2S, out, T] and, if `keep`, S new caches (the
+        chunk's keys/values prepended).
         """
         streams = len(caches)
-        h, c = self._inputs(x, mu, t, spk, cond)
-        conv_in = torch.stack([cache.conv for cache in caches], dim=1)  # [depth, S, 2, 2, C, k]
+        spk = spk.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        h = self.in_proj(torch.cat([x, mu, spk, cond], dim=1).transpose(1, 2))
+        conv_in = torch.stack([cache.conv for cache in caches], dim=1)  # [depth, S, 2, 2, k, C]
         new_k, new_v, new_conv = [], [], []
-        for i, block in enumerate(self.blocks):
-            mods = block.adaLN_modulation(c).chunk(9, dim=-1)
-            q, k, v = block.attn.qkv(modulate(block.norm1(h), mods[0], mods[1]))
-            new_k.append(k)
-            new_v.append(v)
+        for i, (block, (m_attn, m_mlp, m_conv)) in enumerate(zip(self.blocks, step.blocks,
+                                                                   strict=True)):
+            q, k, v = block.attn.qkv(m_attn.apply(block.norm1(h)))
+            if keep:
+                new_k.append(k)
+                new_v.append(v)
             outs = []
             for s, cache in enumerate(caches):
                 rows = slice(2 * s, 2 * s + 2)
-                ks = torch.cat([k[rows]] + [span.k[i] for span in cache.spans], dim=2)
-                vs = torch.cat([v[rows]] + [span.v[i] for span in cache.spans], dim=2)
-                outs.append(F.scaled_dot_product_attention(q[rows], ks, vs))
+                outs.append(attend(q[rows], [k[rows]] + [span.k[i] for span in cache.spans],
+                                   [v[rows]] + [span.v[i] for span in cache.spans]))
             o = outs[0] if streams == 1 else torch.cat(outs, dim=0)
-            h = h + mods[2] * block.attn.out(o)
-            conv, tails = block.conv(modulate(block.norm3(h), mods[6], mods[7]),
-                                     conv_in[i].flatten(0, 1))
+            h = m_attn.gated_add(h, block.attn.out(o))
+            conv, tails = block.conv(m_conv.apply(block.norm3(h)), conv_in[i].flatten(0, 1))
             new_conv.append(tails)
-            h = h + mods[8] * conv
-            h = h + mods[5] * block.mlp(modulate(block.norm2(h), mods[3], mods[4]))
-        out = self.final_layer(h, c).transpose(1, 2)
+            h = m_conv.gated_add(h, conv)
+            h = m_mlp.gated_add(h, block.mlp(m_mlp.apply(block.norm2(h))))
+        final = self.final_layer
+        h = torch.addcmul(step.final_shift, final.norm_final(h), step.final_scale1)
+        out = final.linear(h).transpose(1, 2)
+        if not keep:
+            return out, []
         ks_all, vs_all = torch.stack(new_k), torch.stack(new_v)  # [depth, 2S, H, T, d]
-        conv_all = torch.stack(new_conv)  # [depth, 2S, 2, C, k]
+        conv_all = torch.stack(new_conv)  # [depth, 2S, 2, k, C]
         new_caches = []
         for s, cache in enumerate(caches):
             rows = slice(2 * s, 2 * s + 2)

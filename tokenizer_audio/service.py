@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
+from tokenizer_audio.flow import Precision
 from tokenizer_audio.token2wav import Token2wav
 from tokenizer_audio.types import Token2wavService, Token2wavStream, VoiceError
 from tokenizer_audio.voices import VoiceRegistry
@@ -52,7 +51,7 @@ class Token2wavServiceImpl:
 async def create_token2wav_service(token2wav_dir: str | Path, *,
                                    voices_dir: str | Path | None = None, device: str = "cpu",
                                    threads: int | None = None,
-                                   dtype: torch.dtype = torch.float32,
+                                   precision: Precision = "fp32",
                                    warm_default_voice: bool = True) -> Token2wavService:
     """Load token2wav/ (or a model folder holding it) on the worker's thread and start it.
 
@@ -63,7 +62,7 @@ async def create_token2wav_service(token2wav_dir: str | Path, *,
     worker.start()
     try:
         t2w = await worker.load(
-            lambda: Token2wav(token2wav_dir, device, dtype, voices_dir=voices_dir))
+            lambda: Token2wav(token2wav_dir, device, precision, voices_dir=voices_dir))
     except BaseException:
         await worker.close()
         raise

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from tokenizer_audio.flow import Flow, FlowStream, VoicePrompt, load_flow
+from tokenizer_audio.flow import Flow, FlowStream, Precision, VoicePrompt, load_flow
 from tokenizer_audio.hift import HiFT, HiftCache, load_hift
 
 if TYPE_CHECKING:
@@ -137,23 +137,21 @@ def _concat(parts: Sequence[np.ndarray]) -> np.ndarray:
 class Token2wav:
     """Loads a released token2wav/ folder; synthesizes offline or as streams.
 
-    `dtype` float32 reproduces the reference; bfloat16 runs the flow's matrix products in
-    bf16 (a faster, less exact mode, see Flow.use_matmul_dtype). A voice's streaming prompt
-    caches are computed once and shared by its streams.
+    `precision` "fp32" reproduces the reference; "int8" (CPU) and "bf16" are faster, less
+    exact modes of the flow (see Flow.use_precision). A voice's streaming prompt caches are
+    computed once and shared by its streams.
     """
 
     def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, *, voices_dir: str | Path | None = None,
+                 precision: Precision = "fp32", *, voices_dir: str | Path | None = None,
                  noise_seed: int = 0, load_voices: bool = True) -> None:
         self.dir = token2wav_dir(model_dir)
         self.device = torch.device(device)
-        self.dtype = dtype
-        # Reduced precision means bf16/fp16 matrix products in the flow only; norms, the ODE
-        # state and HiFT (a small share of the time) stay fp32.
+        self.precision = precision
+        # Reduced precision touches the flow's matrix products only; norms, the ODE state and
+        # HiFT (a small share of the time) stay fp32.
         self.flow: Flow = load_flow(self.dir / "flow.yaml", self.dir / "flow.pt", device,
-                                    torch.float32, noise_seed=noise_seed)
-        if dtype != torch.float32:
-            self.flow.use_matmul_dtype(dtype)
+                                    torch.float32, noise_seed=noise_seed).use_precision(precision)
         sys.stderr.write(f"loading HiFT from {self.dir / 'hift.pt'}\n")
         self.hift: HiFT = load_hift(self.dir / "hift.pt", device, torch.float32)
         self.voices: VoiceRegistry | None = None
@@ -212,18 +210,18 @@ class Token2wav:
     @torch.inference_mode()
     def step(self, states: Sequence[Token2wavStreamState],
              chunks: Sequence[tuple[list[int], bool]]) -> list[np.ndarray]:
-        """Run one chunk for each of several streams (the DiT batched across them); returns
-        each stream's new audio, float32 24 kHz."""
+        """Run one chunk for each of several streams (the DiT and HiFT batched across them);
+        returns each stream's new audio, float32 24 kHz."""
         flows = []
         for state in states:
             if state.flow is None:
                 raise RuntimeError("this token2wav stream is finished or cancelled")
             flows.append(state.flow)
         mels = self.flow.stream_step(flows, [c for c, _ in chunks], [last for _, last in chunks])
-        out = []
-        for state, mel, (_, last) in zip(states, mels, chunks, strict=True):
-            wav = self.hift.vocode_chunk(mel, state.hift, last, state.generator)
-            out.append(wav.float().cpu().numpy())
+        lasts = [last for _, last in chunks]
+        wavs = self.hift.vocode_chunks(mels, [s.hift for s in states], lasts,
+                                       [s.generator for s in states])
+        for state, last in zip(states, lasts, strict=True):
             if last:
                 state.finished = True
-        return out
+        return [wav.float().cpu().numpy() for wav in wavs]

@@ -28,7 +28,12 @@ def test_settings_from_env_and_flags(monkeypatch):
     monkeypatch.setenv("STEPAUDIO2_API_KEYS", "a,b")
     monkeypatch.setenv("STEPAUDIO2_ENGINE_URLS", '["http://h1:8000/", "http://h2:8000"]')
     monkeypatch.setenv("STEPAUDIO2_MAX_SESSIONS", "7")
+    monkeypatch.setenv("STEPAUDIO2_TOKEN2WAV_PRECISION", "int8")
     settings = Settings(port=9000)
+    assert settings.token2wav_precision == "int8"
+    assert Settings(token2wav_precision="fp32").token2wav_precision == "fp32"
+    with pytest.raises(ValueError, match="token2wav_precision"):
+        Settings(token2wav_precision="fp8")
     assert settings.api_keys == ["a", "b"]
     assert settings.engine_urls == ["http://h1:8000", "http://h2:8000"]
     assert (settings.max_sessions, settings.port) == (7, 9000)
@@ -44,9 +49,11 @@ def test_serve_flags_mirror_settings():
 
     args = build_parser().parse_args(["serve", "--model", "/m", "--api-key", "k1", "--api-key",
                                       "k2", "--engine-url", "http://e:1", "--server-tool",
-                                      "datetime", "--max-sessions", "3"])
+                                      "datetime", "--max-sessions", "3",
+                                      "--token2wav-precision", "int8"])
     assert args.api_keys == ["k1", "k2"] and args.engine_urls == ["http://e:1"]
     assert args.server_tools == ["datetime"] and args.max_sessions == 3
+    assert args.token2wav_precision == "int8"
     assert args.port is None  # not given: the env var or the default applies
     fields = set(Settings.model_fields)
     from server.serve_cli import _FLAGS
