@@ -80,20 +80,37 @@ class HiftDims:
         )
 
 
+def _time_major(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, T] -> [B, C, 1, T] stored time-major (channels_last): oneDNN runs these long,
+    narrow convolutions 1.3-1.8x faster in that layout than as Conv1d."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def _conv(module: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """A Conv1d / ConvTranspose1d applied to a time-major [B, C, 1, T] tensor, as its 2-D twin."""
+    weight = module.weight.unsqueeze(2)
+    stride, padding = (1, module.stride[0]), (0, module.padding[0])
+    dilation = (1, module.dilation[0])
+    if isinstance(module, nn.ConvTranspose1d):
+        return F.conv_transpose2d(x, weight, module.bias, stride, padding,
+                                  (0, module.output_padding[0]), 1, dilation)
+    return F.conv2d(x, weight, module.bias, stride, padding, dilation)
+
+
 def _wn(module: nn.Module) -> nn.Module:
     # Weight norm stays a parametrization until load so the names equal hift.pt's (f.7).
     return weight_norm(module)
 
 
 class Snake(nn.Module):
-    """x + sin^2(alpha x) / (alpha + 1e-9) with a per-channel alpha; input [B, C, T]."""
+    """x + sin^2(alpha x) / (alpha + 1e-9) with a per-channel alpha; input [B, C, ...]."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha[None, :, None]
+        alpha = self.alpha.view(1, -1, *[1] * (x.dim() - 2))
         # In place on one temporary: these tensors are large (samples x channels), and each
         # fresh allocation costs page faults on top of the pass itself.
         wave = torch.mul(x, alpha).sin_().square_()
@@ -117,10 +134,11 @@ class ResBlock(nn.Module):
         self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: time-major [B, C, 1, T] (see _time_major)."""
         for conv1, conv2, act1, act2 in zip(
             self.convs1, self.convs2, self.activations1, self.activations2, strict=True
         ):
-            x = x + conv2(act2(conv1(act1(x))))
+            x = _conv(conv2, act2(_conv(conv1, act1(x)))).add_(x)
         return x
 
 
@@ -242,19 +260,20 @@ class HiFT(nn.Module):
         window = self.stft_window.float()  # the STFTs run in fp32 in every mode
         spec = torch.stft(source[:, 0].float(), d.n_fft, d.hop, d.n_fft, window=window,
                           return_complex=True)
-        s_stft = torch.cat([spec.real, spec.imag], dim=1).to(mel.dtype)  # [B, n_fft + 2, frames]
-        x = self.conv_pre(mel)
+        # [B, n_fft + 2, frames], then every convolution runs time-major (see _time_major).
+        s_stft = _time_major(torch.cat([spec.real, spec.imag], dim=1).to(mel.dtype))
+        x = _conv(self.conv_pre, _time_major(mel))
         n_kernels = len(d.resblock_kernel_sizes)
         for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, d.lrelu_slope))
+            x = _conv(up, F.leaky_relu(x, d.lrelu_slope))
             if i == len(self.ups) - 1:
-                x = F.pad(x, (1, 0), mode="reflect")
-            x = x + self.source_resblocks[i](self.source_downs[i](s_stft))
+                x = F.pad(x, (1, 0, 0, 0), mode="reflect")
+            x = x + self.source_resblocks[i](_conv(self.source_downs[i], s_stft))
             blocks = self.resblocks[i * n_kernels:(i + 1) * n_kernels]
             x = sum(block(x) for block in blocks) / n_kernels
-        x = self.conv_post(F.leaky_relu(x, 0.01))  # slope 0.01 here, as trained (f.4)
+        x = _conv(self.conv_post, F.leaky_relu(x, 0.01))  # slope 0.01 here, as trained (f.4)
         bins = d.n_fft // 2 + 1
-        x = x.float()
+        x = x.squeeze(2).float()
         magnitude = torch.exp(x[:, :bins]).clamp(max=1e2)
         phase = torch.sin(x[:, bins:])
         spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
