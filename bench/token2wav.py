@@ -42,7 +42,8 @@ def _inputs(path: Path, chunks: int, prompt_codes: int) -> None:
     }, path)
 
 
-def _ours(folder: Path, inputs_path: Path, streams: int, threads: int, dtype: str) -> dict:
+def _ours(folder: Path, inputs_path: Path, streams: int, threads: int, precision: str,
+          wav_out: Path) -> dict:
     """Child process: our worker serving `streams` concurrent streams of one voice."""
     import numpy as np
     import torch
@@ -65,12 +66,12 @@ def _ours(folder: Path, inputs_path: Path, streams: int, threads: int, dtype: st
         worker = Token2wavWorker(None, threads=threads)  # all torch work on its thread
         worker.start()
         t2w = await worker.load(
-            lambda: Token2wav(folder, dtype=getattr(torch, dtype), load_voices=False))
+            lambda: Token2wav(folder, precision=precision, load_voices=False))
         start = time.perf_counter()
         await worker.call(lambda: t2w.voice_prompt(Voice()))
         setup = time.perf_counter() - start
         opened = [await worker.open_stream(Voice()) for _ in range(streams)]
-        chunk_s, round_s, audio = [], [], 0.0
+        chunk_s, round_s, audio, first_stream = [], [], 0.0, []
         first_audio = None
         begin = time.perf_counter()
         for i in range(0, len(codes) - 3, 25):
@@ -85,6 +86,7 @@ def _ours(folder: Path, inputs_path: Path, streams: int, threads: int, dtype: st
             results = await asyncio.gather(*[feed(s) for s in opened])
             _log(f"ours: {len(opened)} stream(s), chunk in {time.perf_counter() - t0:.2f} s")
             round_s.append(time.perf_counter() - t0)
+            first_stream.append(results[0][0])
             for wav, took in results:
                 chunk_s.append(took)
                 audio += wav.size / 24000
@@ -93,6 +95,7 @@ def _ours(folder: Path, inputs_path: Path, streams: int, threads: int, dtype: st
         for s in opened:
             await s.cancel()
         await worker.close()
+        np.save(wav_out, np.concatenate(first_stream))
         return {"chunk_s": chunk_s, "round_s": round_s, "audio_s": audio,
                 "ttfa_s": first_audio, "batches": worker.batches, "setup_s": [setup]}
 
@@ -110,19 +113,76 @@ def _reference(folder: Path, inputs_path: Path, streams: int, threads: int) -> d
     return out
 
 
-def _summary(name: str, streams: int, raw: dict) -> dict:
-    chunk = statistics.median(raw["chunk_s"])
-    rounds = raw["round_s"]
-    throughput = raw["audio_s"] / sum(rounds)  # audio seconds per wall second, all streams
+def _run(impl: str, streams: int, args: argparse.Namespace, folder: Path,
+         inputs_path: Path) -> dict:
+    if impl == "reference":
+        return _reference(folder, inputs_path, streams, args.threads)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--dir", str(args.dir), "--threads", str(args.threads),
+         "--child", f"{impl}:{streams}"],
+        capture_output=True, text=True, cwd=REPO, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"{impl} with {streams} streams failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _wav_path(folder: Path, impl: str, streams: int) -> Path:
+    return folder / f"wav-{impl}-{streams}.npy"
+
+
+def _errors(folder: Path, impl: str, streams: int) -> dict:
+    """A reduced-precision run's first stream against fp32's (same codes, same source noise):
+    waveform relative L2 (phase drift counts fully) and STFT magnitude relative L2."""
+    import numpy as np
+    import torch
+
+    if impl in ("ours", "reference") or not _wav_path(folder, "ours", streams).exists():
+        return {"wav_rel_l2_vs_fp32": None, "spec_rel_l2_vs_fp32": None}
+    exact = torch.from_numpy(np.load(_wav_path(folder, "ours", streams)))
+    approx = torch.from_numpy(np.load(_wav_path(folder, impl, streams)))
+    window = torch.hann_window(1024)
+
+    def spec(x: torch.Tensor) -> torch.Tensor:
+        return torch.stft(x, 1024, 256, window=window, return_complex=True).abs()
+
+    return {"wav_rel_l2_vs_fp32": round(float((approx - exact).norm() / exact.norm()), 4),
+            "spec_rel_l2_vs_fp32": round(float((spec(approx) - spec(exact)).norm()
+                                               / spec(exact).norm()), 4)}
+
+
+def _mel_error(folder: Path, inputs_path: Path, precision: str, chunks: int = 3) -> float:
+    """Relative L2 of the streamed flow mel in `precision` against fp32 (the flow's own error,
+    before the vocoder)."""
+    import torch
+
+    from tokenizer_audio.flow import FlowStream, load_flow
+
+    inputs = torch.load(inputs_path, weights_only=True)
+    codes = list(inputs["codes"])
+    mels = []
+    for p in ("fp32", precision):
+        flow = load_flow(folder / "flow.yaml", folder / "flow.pt").use_precision(p)
+        stream = FlowStream.start(flow.prepare_voice(inputs["prompt_codes"],
+                                                     inputs["prompt_mel"], inputs["xvector"]))
+        mels.append(torch.cat([flow.stream_step([stream], [codes[i:i + 28]], [False])[0]
+                               for i in range(0, 25 * chunks, 25)], dim=1))
+    return round(float((mels[1] - mels[0]).norm() / mels[0].norm()), 5)
+
+
+def _summary(name: str, streams: int, runs: list[dict]) -> dict:
+    chunks = [t for raw in runs for t in raw["chunk_s"]]
+    rounds = [t for raw in runs for t in raw["round_s"]]
+    throughput = sum(raw["audio_s"] for raw in runs) / sum(rounds)  # audio s per wall s
     return {
-        "impl": name, "streams": streams,
-        "voice_setup_s": round(statistics.mean(raw["setup_s"]), 3),
-        "ttfa_s": round(raw["ttfa_s"], 3),
-        "chunk_s_median": round(chunk, 3),
+        "impl": name, "streams": streams, "runs": len(runs),
+        "voice_setup_s": round(statistics.median([t for raw in runs for t in raw["setup_s"]]), 3),
+        "ttfa_s": round(statistics.median([raw["ttfa_s"] for raw in runs]), 3),
+        "chunk_s_median": round(statistics.median(chunks), 3),
         "round_s_median": round(statistics.median(rounds), 3),
         "rtf": round(statistics.median(rounds) / 1.0, 3),  # wall s per 1 s of audio per stream
         "throughput_x_realtime": round(throughput, 3),
-        "peak_mb": round(raw["peak_mb"]),
+        "peak_mb": round(max(raw["peak_mb"] for raw in runs)),
     }
 
 
@@ -133,15 +193,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--prompt-codes", type=int, default=PROMPT_CODES)
-    parser.add_argument("--impl", nargs="+", default=["ours", "reference"])
+    parser.add_argument("--impl", nargs="+", default=["ours", "ours-int8", "reference"],
+                        help="ours (fp32), ours-int8, ours-bf16, reference")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every configuration this many times, interleaved")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = args.dir / "token2wav"
     inputs_path = args.dir / "inputs.pt"
     if args.child:
         impl, streams = args.child.split(":")
-        dtype = "bfloat16" if impl == "ours-bf16" else "float32"
-        print(json.dumps(_ours(folder, inputs_path, int(streams), args.threads, dtype)))
+        precision = impl.removeprefix("ours-") if impl != "ours" else "fp32"
+        print(json.dumps(_ours(folder, inputs_path, int(streams), args.threads, precision,
+                               _wav_path(args.dir, impl, int(streams)))))
         return
 
     if not (folder / "flow.pt").exists():
@@ -150,23 +214,27 @@ def main() -> None:
         _log(f"writing full-size random weights to {folder}")
         write_token2wav(folder, size="full", seed=0)
     _inputs(inputs_path, args.chunks, args.prompt_codes)
-    rows, raw_all = [], {}
+    raw_all: dict[str, list[dict]] = {}
+    # Configurations interleave within each repeat, so a slow minute on this shared machine hits
+    # every implementation alike; medians are taken over all repeats.
+    for rep in range(args.repeat):
+        for streams in args.streams:
+            for impl in args.impl:
+                _log(f"repeat {rep + 1}/{args.repeat}: {impl}, {streams} stream(s)")
+                raw_all.setdefault(f"{impl}:{streams}", []).append(
+                    _run(impl, streams, args, folder, inputs_path))
+    mel_errors = {}
+    for impl in args.impl:
+        if impl.startswith("ours-"):
+            _log(f"{impl}: flow mel error against fp32")
+            mel_errors[impl] = _mel_error(folder, inputs_path, impl.removeprefix("ours-"),
+                                          min(3, args.chunks))
+    rows = []
     for streams in args.streams:
         for impl in args.impl:
-            _log(f"{impl}, {streams} stream(s)")
-            if impl == "reference":
-                raw = _reference(folder, inputs_path, streams, args.threads)
-            else:
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--dir", str(args.dir), "--threads",
-                     str(args.threads), "--child", f"{impl}:{streams}"],
-                    capture_output=True, text=True, cwd=REPO, check=False)
-                if proc.returncode != 0:
-                    sys.stderr.write(proc.stderr[-3000:])
-                    raise SystemExit(f"{impl} with {streams} streams failed")
-                raw = json.loads(proc.stdout.strip().splitlines()[-1])
-            raw_all[f"{impl}:{streams}"] = raw
-            rows.append(_summary(impl, streams, raw))
+            rows.append(_summary(impl, streams, raw_all[f"{impl}:{streams}"])
+                        | {"mel_rel_l2_vs_fp32": mel_errors.get(impl)}
+                        | _errors(args.dir, impl, streams))
     header = list(rows[0])
     print(" | ".join(header))
     for row in rows:

@@ -139,18 +139,15 @@ class Attention(nn.Module):
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: [B, T, C] -> q (pre-scaled by 1/sqrt(head_dim)), k, v [B, heads, T, head_dim]."""
         b, t, _ = x.shape
-
-        def heads(y: torch.Tensor) -> torch.Tensor:
-            return y.reshape(b, t, self.heads, self.head_dim).transpose(1, 2)
-
         if self.to_qkv is not None:
             q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         else:
             q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
-        # The norms run on [B, T, heads, head_dim] before the head transpose.
-        q = self.q_norm(q.reshape(b, t, self.heads, self.head_dim))
-        k = self.k_norm(k.reshape(b, t, self.heads, self.head_dim))
-        return ((q * self.head_dim ** -0.5).transpose(1, 2), k.transpose(1, 2), heads(v))
+        shape = (b, t, self.heads, self.head_dim)
+        # The norms run on [B, T, heads, head_dim], before the head transpose.
+        q = self.q_norm(q.reshape(shape)) * self.head_dim ** -0.5
+        k = self.k_norm(k.reshape(shape))
+        return q.transpose(1, 2), k.transpose(1, 2), v.reshape(shape).transpose(1, 2)
 
     def out(self, o: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = o.shape

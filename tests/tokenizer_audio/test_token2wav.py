@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tokenizer_audio.checkpoint import write_token2wav
+from tests.helpers import run_oracle
+from tokenizer_audio.checkpoint import TINY_HIFT_DIMS, write_token2wav
 from tokenizer_audio.flow import FlowLoadError
 from tokenizer_audio.token2wav import Token2wav
 from tokenizer_audio.types import VoiceError
@@ -182,3 +183,34 @@ def test_int8_precision_streams_the_same_speech_closely(t2w: Token2wav, t2w_dir:
     # Measured: 2.8 % relative L2 of the waveform (same source noise), RMS equal within 0.1 %.
     assert 0 < np.linalg.norm(approx - exact) / np.linalg.norm(exact) < 0.1
     assert abs(np.sqrt(np.mean(approx ** 2)) / np.sqrt(np.mean(exact ** 2)) - 1) < 0.02
+
+
+def test_offline_and_streamed_waveforms_equal_the_reference(t2w_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """Codes to waveform through flow and HiFT, ours against StepFun's Token2wav on the same
+    weights, flow noise and (zeroed) source noise: offline float samples and streamed int16
+    PCM, with the streaming client's 28-in, keep-3 buffering and a short last chunk."""
+    ours = Token2wav(t2w_dir, load_voices=False)
+    ours.hift.noise_scale = 0.0
+    voice, codes = random_voice(31, 50), codes_of(32, 2 * 25 + 3 + 7)
+    torch.save({"prompt_codes": voice.prompt_codes.tolist(),
+                "prompt_mel": torch.from_numpy(voice.prompt_mel),
+                "xvector": torch.from_numpy(voice.xvector), "codes": codes,
+                "noise": ours.flow.decoder.rand_noise.clone()}, tmp_path / "inputs.pt")
+    run_oracle("t2w_e2e_oracle.py", {
+        "dir": str(t2w_dir), "inputs": str(tmp_path / "inputs.pt"),
+        "out": str(tmp_path / "out.pt"),
+        "hift_widths": {"base_channels": TINY_HIFT_DIMS.base_channels,
+                        "f0_channels": TINY_HIFT_DIMS.f0_channels}})
+    ref = torch.load(tmp_path / "out.pt", weights_only=True)
+
+    offline = ours.offline(codes, voice)
+    assert offline.shape == tuple(ref["offline"].shape) == (len(codes) * CODE,)
+    assert np.abs(offline).max() > 0.01  # the random vocoder does produce sound
+    np.testing.assert_allclose(offline, ref["offline"].numpy(), rtol=0, atol=1e-5)
+
+    stream = ours.stream(voice)
+    wav = np.concatenate([stream.feed(codes), stream.finish()])
+    pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16)  # the reference truncates (f.5a.4)
+    assert pcm.shape == tuple(ref["stream"].shape) == (len(codes) * CODE,)
+    assert np.abs(pcm.astype(np.int32) - ref["stream"].numpy()).max() <= 1
