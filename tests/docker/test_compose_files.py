@@ -104,3 +104,9 @@ def test_dockerfiles_pass_hadolint() -> None:
     files = [REPO / "docker" / "Dockerfile.engine", REPO / "docker" / "Dockerfile.gateway"]
     result = subprocess.run([str(hadolint), *map(str, files)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cpu_profile_runs_token2wav_in_int8_unless_told_otherwise(docker_config: Path) -> None:
+    gateway = rendered(docker_config, "cpu")["gateway-cpu"]
+    env = gateway["environment"]
+    assert env["STEPAUDIO2_DEVICE"] == "cpu" and env["STEPAUDIO2_TOKEN2WAV_PRECISION"] == "int8"
