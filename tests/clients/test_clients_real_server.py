@@ -1,7 +1,8 @@
 """The clients against a real `stepaudio2-rt serve` on the tiny random checkpoint (Must show).
 
-The random model never ends a reply by itself: replies stop at the server's 100-token cap
-(status `incomplete`) or at a client's smaller `--max-output-tokens`. Timeouts are generous
+The random model ends a reply after any token (sampling `<|EOT|>`, after ~115 tokens at the
+median) or at the server's 100-token cap (status `incomplete`) or a client's smaller
+`--max-output-tokens`: a reply may be short, so checks allow for that. Timeouts are generous
 because these machines are shared; the figures belong to bench/, the checks here are behaviour.
 """
 
@@ -70,26 +71,30 @@ def test_talk_against_the_real_server(real_server, hello_wav, tmp_path):
     assert turn["latency_ms"] > 0 and "latency" in proc.stderr
     info = sf.info(out)
     assert info.samplerate == 24_000
-    assert info.duration > 0.2 and abs(info.duration - turn["reply_ms_received"] / 1000) < 0.01
+    # The random model may end its reply after any token, even the first audio code (40 ms).
+    assert info.duration >= 0.04 and abs(info.duration - turn["reply_ms_received"] / 1000) < 0.01
     audio, _ = sf.read(out)
     assert abs(audio).max() > 0.0  # token2wav made sound, not digital silence
 
     cut, report = tmp_path / "cut.wav", tmp_path / "cut.json"
-    proc = cli(
-        "talk",
-        "--url",
-        ws,
-        "--file",
-        str(hello_wav),
-        "--interrupt-after",
-        "300",
-        "-o",
-        str(cut),
-        "--json",
-        str(report),
-    )
-    assert proc.returncode == 0, proc.stderr
-    first, *rest = json.loads(report.read_text())["turns"]
+    for _ in range(3):  # a reply that ends (randomly) before 300 ms cannot be interrupted there
+        proc = cli(
+            "talk",
+            "--url",
+            ws,
+            "--file",
+            str(hello_wav),
+            "--interrupt-after",
+            "300",
+            "-o",
+            str(cut),
+            "--json",
+            str(report),
+        )
+        assert proc.returncode == 0, proc.stderr
+        first, *rest = json.loads(report.read_text())["turns"]
+        if first["interrupted"] or first["reply_ms_received"] > 1000:
+            break
     assert first["interrupted"] and first["status"] in (*ENDED, "cancelled")
     assert 300 <= first["truncate_audio_end_ms"] <= first["reply_ms_received"]
     assert rest and rest[-1]["status"] in ENDED
