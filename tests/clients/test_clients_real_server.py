@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -36,6 +37,15 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
+def talk(ws: str, wav: Path, out: Path, report: Path, *flags: str
+         ) -> subprocess.CompletedProcess:
+    """`stepaudio2-rt talk` with one WAV in, the reply WAV and a JSON report out."""
+    proc = cli("talk", "--url", ws, "--file", str(wav), "-o", str(out), "--json", str(report),
+               *flags)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 @pytest.mark.browser
 def test_page_against_the_real_server(real_server, tmp_path):
     mic = speech_file(tmp_path / "mic.wav", "Hello, can you tell me a story?", 0.3)
@@ -50,22 +60,7 @@ def test_page_against_the_real_server(real_server, tmp_path):
 def test_talk_against_the_real_server(real_server, hello_wav, tmp_path):
     ws = real_server.replace("http", "ws") + "/v1/realtime"
     out, report = tmp_path / "reply.wav", tmp_path / "talk.json"
-    proc = cli(
-        "talk",
-        "--url",
-        ws,
-        "--file",
-        str(hello_wav),
-        "--speed",
-        "4",
-        "--max-output-tokens",
-        "40",
-        "-o",
-        str(out),
-        "--json",
-        str(report),
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = talk(ws, hello_wav, out, report, "--speed", "4", "--max-output-tokens", "40")
     (turn,) = json.loads(report.read_text())["turns"]
     assert turn["status"] in ENDED and not turn["interrupted"]
     assert turn["latency_ms"] > 0 and "latency" in proc.stderr
@@ -78,20 +73,7 @@ def test_talk_against_the_real_server(real_server, hello_wav, tmp_path):
 
     cut, report = tmp_path / "cut.wav", tmp_path / "cut.json"
     for _ in range(3):  # a reply that ends (randomly) before 300 ms cannot be interrupted there
-        proc = cli(
-            "talk",
-            "--url",
-            ws,
-            "--file",
-            str(hello_wav),
-            "--interrupt-after",
-            "300",
-            "-o",
-            str(cut),
-            "--json",
-            str(report),
-        )
-        assert proc.returncode == 0, proc.stderr
+        talk(ws, hello_wav, cut, report, "--interrupt-after", "300")
         first, *rest = json.loads(report.read_text())["turns"]
         if first["interrupted"] or first["reply_ms_received"] > 1000:
             break

@@ -16,7 +16,7 @@ import time
 
 os.environ["TORCHDYNAMO_DISABLE"] = "1"  # see flow_oracle.py
 
-import flow_oracle  # noqa: E402  (installs the shim and the CPU patches)
+import ref_token2wav  # noqa: E402  (installs the shim and the CPU patches)
 import torch  # noqa: E402
 
 
@@ -30,39 +30,14 @@ def _own(flow_cache: dict, hift_cache: dict) -> tuple[dict, dict]:
 def main() -> None:
     args = json.loads(sys.argv[1])
     torch.set_num_threads(int(args.get("threads", 2)))
-    from flashcosyvoice.modules.hifigan import HiFTGenerator
-    from hyperpyyaml import load_hyperpyyaml
-    from token2wav import Token2wav
-
-    folder = args["dir"]
-    t2w = Token2wav.__new__(Token2wav)
-    t2w.float16 = False
-    with open(f"{folder}/flow.yaml") as f:
-        t2w.flow = load_hyperpyyaml(f)["flow"]
-    t2w.flow.load_state_dict(torch.load(f"{folder}/flow.pt", map_location="cpu",
-                                        weights_only=True), strict=True)
-    t2w.flow.eval()
-    flow_oracle._fit_cache_buffers(t2w.flow)
-    t2w.hift = HiFTGenerator()
-    state = torch.load(f"{folder}/hift.pt", map_location="cpu", weights_only=True)
-    t2w.hift.load_state_dict({k.replace("generator.", ""): v for k, v in state.items()},
-                             strict=True)
-    t2w.hift.eval()
-    t2w.mel_cache_len = 8
-    t2w.source_cache_len = 8 * 480
-    t2w.speech_window = torch.hamming_window(2 * 8 * 480, periodic=False, dtype=torch.float64)
     inputs = torch.load(args["inputs"], weights_only=True)
-    prompt = torch.tensor([inputs["prompt_codes"]], dtype=torch.int32)
-    prompt_mel = inputs["prompt_mel"].float().unsqueeze(0)
-    t2w.cache = {"voice": (prompt, torch.tensor([prompt.shape[1]]),
-                           inputs["xvector"].float().reshape(1, -1), prompt_mel,
-                           torch.tensor([prompt_mel.shape[1]]))}
+    t2w = ref_token2wav.load(args["dir"], inputs)
 
     n = int(args["streams"])
     caches, setup_s = [], []
     for _ in range(n):
         start = time.perf_counter()
-        t2w.set_stream_cache("voice")
+        t2w.set_stream_cache(ref_token2wav.VOICE)
         setup_s.append(time.perf_counter() - start)
         # One stream needs no swapping: it keeps the object's own caches, copied never.
         caches.append(_own(t2w.stream_cache, t2w.hift_cache_dict) if n > 1
@@ -75,7 +50,7 @@ def main() -> None:
         for s in range(n):
             t2w.stream_cache, t2w.hift_cache_dict = caches[s]
             start = time.perf_counter()
-            pcm = t2w.stream(buffers[s][:28], "voice", last_chunk=False)
+            pcm = t2w.stream(buffers[s][:28], ref_token2wav.VOICE, last_chunk=False)
             chunk_s.append(time.perf_counter() - start)
             audio_s += len(pcm) / 2 / 24000
             caches[s] = (_own(t2w.stream_cache, t2w.hift_cache_dict) if n > 1

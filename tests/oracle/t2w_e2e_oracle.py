@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-import flow_oracle  # noqa: F401  (installs the shim and the CPU patches)
 import numpy as np
+import ref_token2wav  # installs the shim and the CPU patches
 import torch
 
 torch.randn_like = torch.zeros_like  # only HiFT's NSF noise draws use it
@@ -22,52 +22,28 @@ torch.randn_like = torch.zeros_like  # only HiFT's NSF noise draws use it
 def main() -> None:
     args = json.loads(sys.argv[1])
     torch.set_num_threads(2)
-    from flashcosyvoice.modules.hifigan import ConvRNNF0Predictor, HiFTGenerator
-    from hyperpyyaml import load_hyperpyyaml
-    from token2wav import Token2wav
-
-    folder = args["dir"]
     inputs = torch.load(args["inputs"], weights_only=True)
-    t2w = Token2wav.__new__(Token2wav)
-    t2w.float16 = False
-    with open(f"{folder}/flow.yaml") as f:
-        t2w.flow = load_hyperpyyaml(f)["flow"]
-    t2w.flow.load_state_dict(torch.load(f"{folder}/flow.pt", map_location="cpu",
-                                        weights_only=True), strict=True)
-    t2w.flow.eval()
-    flow_oracle._fit_cache_buffers(t2w.flow)
+    t2w = ref_token2wav.load(args["dir"], inputs, args.get("hift_widths"))
     t2w.flow.decoder.rand_noise = inputs["noise"].float()
-    widths = args.get("hift_widths", {})  # the tiny checkpoint's HiFT is narrower
-    t2w.hift = HiFTGenerator(
-        base_channels=widths.get("base_channels", 512),
-        f0_predictor=ConvRNNF0Predictor(cond_channels=widths.get("f0_channels", 512)))
-    state = torch.load(f"{folder}/hift.pt", map_location="cpu", weights_only=True)
-    t2w.hift.load_state_dict({k.replace("generator.", ""): v for k, v in state.items()},
-                             strict=True)
-    t2w.hift.eval()
-    t2w.mel_cache_len = 8
-    t2w.source_cache_len = 8 * 480
-    t2w.speech_window = torch.hamming_window(2 * 8 * 480, periodic=False, dtype=torch.float64)
-    prompt = torch.tensor([inputs["prompt_codes"]], dtype=torch.int32)
-    prompt_mel = inputs["prompt_mel"].float().unsqueeze(0)
-    xvector = inputs["xvector"].float().reshape(1, -1)
-    t2w.cache = {"voice": (prompt, torch.tensor([prompt.shape[1]]), xvector, prompt_mel,
-                           torch.tensor([prompt_mel.shape[1]]))}
+    prompt, prompt_len, xvector, prompt_mel, prompt_mel_len = t2w.cache[ref_token2wav.VOICE]
     codes = list(inputs["codes"])
 
     with torch.inference_mode():
         tokens = torch.tensor([codes], dtype=torch.int32)
-        mel = t2w.flow.inference(tokens, torch.tensor([tokens.shape[1]]), prompt,
-                                 torch.tensor([prompt.shape[1]]), prompt_mel,
-                                 torch.tensor([prompt_mel.shape[1]]), xvector, 10)
+        mel = t2w.flow.inference(tokens, torch.tensor([tokens.shape[1]]), prompt, prompt_len,
+                                 prompt_mel, prompt_mel_len, xvector, 10)
         offline, _ = t2w.hift(speech_feat=mel)
 
-        t2w.set_stream_cache("voice")
+        t2w.set_stream_cache(ref_token2wav.VOICE)
+
+        def stream(piece: list[int], last: bool) -> np.ndarray:
+            return np.frombuffer(t2w.stream(piece, ref_token2wav.VOICE, last_chunk=last), "<i2")
+
         buffer, pcm = codes[:], []
         while len(buffer) >= 28:
-            pcm.append(np.frombuffer(t2w.stream(buffer[:28], "voice", last_chunk=False), "<i2"))
+            pcm.append(stream(buffer[:28], False))
             buffer = buffer[25:]
-        pcm.append(np.frombuffer(t2w.stream(buffer, "voice", last_chunk=True), "<i2"))
+        pcm.append(stream(buffer, True))
     torch.save({"offline": offline[0].float(),
                 "stream": torch.from_numpy(np.concatenate(pcm).astype(np.int16))}, args["out"])
     print(json.dumps({"ok": True}))
