@@ -21,7 +21,7 @@ class Settings(BaseSettings):
         engine_urls: remote vLLM servers; empty = the embedded in-process engine.
         device: torch device for token2wav ("cpu", "cuda:0", ...).
         token2wav_precision: "fp32" reproduces the reference; "int8" (CPU only) runs the flow's
-            DiT about 1.5x faster at ~1 % mel error; "bf16" suits GPUs and AMX CPUs.
+            DiT, about 1.4x faster per chunk at ~0.6 % mel error; "bf16" suits GPUs and AMX CPUs.
         api_keys: accepted keys; empty = open server.
         max_sessions: concurrent websocket sessions; the next handshake gets HTTP 503.
         max_event_bytes: largest client event accepted (PROTOCOL.md: 15 MiB of base64 per append).

@@ -207,7 +207,7 @@ class Flow(nn.Module):
         "fp32" reproduces the reference within the parity tolerances. "bf16" runs the matrix
         products in bf16 (fast on CPUs with AMX and on GPUs; slower than fp32 without AMX).
         "int8" swaps the DiT blocks' linear and conv layers for dynamically quantised int8
-        ones (CPU with AVX512-VNNI: about 2x faster flow, ~1 % mel error); it is irreversible.
+        ones (CPU with AVX512-VNNI: about 1.5x faster flow, ~0.6 % mel error); irreversible.
         """
         if precision == "bf16":
             return self.use_matmul_dtype(torch.bfloat16)

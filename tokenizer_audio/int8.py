@@ -13,7 +13,7 @@ class Int8Linear(nn.Module):
 
     Each weight row has its own scale; each input row is quantised on the fly with its own
     scale (dynamic quantisation), and the int32 product is rescaled in fp32. On CPUs with
-    AVX512-VNNI this runs 2-3x faster than fp32 GEMMs, at ~1 % relative error per product.
+    AVX512-VNNI this runs 1.5-3x faster than fp32 GEMMs, at ~1 % relative error per product.
     """
 
     def __init__(self, *modules: nn.Linear | nn.Conv1d) -> None:
