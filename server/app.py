@@ -192,6 +192,7 @@ def create_app(settings: Settings, *, services_builder: ServicesBuilder | None =
             "sessions": len(gateway.sessions),
             "max_sessions": settings.max_sessions,
             "server_tools": list(settings.server_tools),
+            "token2wav_precision": settings.token2wav_precision,
         }
 
     app.include_router(realtime_router)

@@ -439,10 +439,8 @@ async function loadInfo() {
     showError("Could not read the server's info", err.message);
     info = {};
   }
-  const random = info.random_checkpoint ?? info.random_weights ?? info.random ??
-    info.is_random ?? info.test_checkpoint ?? info.checkpoint?.random ?? false;
-  $("random-banner").hidden = !random;
-  defaultVoice = info.default_voice || info.voice || defaultVoice;
+  $("random-banner").hidden = !info.test_checkpoint;
+  defaultVoice = info.default_voice || defaultVoice;
   renderChips();
 }
 
@@ -454,11 +452,9 @@ async function loadVoices(select) {
     showError("Could not list the voices", err.message);
     return;
   }
-  const list = Array.isArray(body) ? body : body?.voices || body?.data || [];
-  const names = list
-    .map((v) => (typeof v === "string" ? v : v?.name || v?.id || v?.voice))
-    .filter(Boolean);
-  defaultVoice = body?.default || body?.default_voice || defaultVoice;
+  // GET /v1/voices: {object: "list", data: [{id}], default}
+  const names = (body?.data || []).map((v) => v.id);
+  defaultVoice = body?.default || defaultVoice;
   const el = $("voice");
   el.replaceChildren();
   const first = document.createElement("option");
@@ -500,7 +496,7 @@ async function uploadVoice() {
 }
 
 function renderChips() {
-  $("model-name").textContent = info.model || info.model_name || "step-audio-2-mini";
+  $("model-name").textContent = info.model || "step-audio-2-mini";
   $("voice-name").textContent =
     stats.sessionVoice || settings.voice || defaultVoice || "default";
 }

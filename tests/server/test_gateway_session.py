@@ -416,6 +416,7 @@ async def test_voices_endpoints_and_session_voice(tokenizer):
             assert bad.status_code == 400 and "WAV" in bad.json()["detail"]
             info = (await http.get("/v1/info")).json()
             assert info["model"] == "step-audio-2-mini" and "anna" in info["voices"]
+            assert info["token2wav_precision"] == "fp32"  # the exact default
         client = await session(server)
         await client.send({"type": "session.update",
                            "session": {"type": "realtime", "audio": {"output": {"voice": "anna"}}}})
