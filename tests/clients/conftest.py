@@ -16,6 +16,21 @@ from clients.python.audio import write_wav
 from tests.helpers import REPO, free_port, speech
 
 
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`stepaudio2-rt ARGS` in a subprocess, output captured."""
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def talk(ws: str, wav: Path, out: Path, report: Path, *flags: str,
+         timeout: float = 300) -> subprocess.CompletedProcess:
+    """`stepaudio2-rt talk` with one WAV in, the reply WAV and a JSON report out; must succeed."""
+    proc = cli("talk", "--url", ws, "--file", str(wav), "-o", str(out), "--json", str(report),
+               *flags, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,41 +9,18 @@ because these machines are shared; the figures belong to bench/, the checks here
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import soundfile as sf
 
-from tests.clients.conftest import speech_file
+from tests.clients.conftest import cli, speech_file, talk
 from tests.clients.test_clients_browser import (
     OUTPUT,
     check_conversation,
     run_steered_conversation,
 )
-from tests.helpers import REPO
 
 ENDED = ("completed", "incomplete")
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def talk(ws: str, wav: Path, out: Path, report: Path, *flags: str
-         ) -> subprocess.CompletedProcess:
-    """`stepaudio2-rt talk` with one WAV in, the reply WAV and a JSON report out."""
-    proc = cli("talk", "--url", ws, "--file", str(wav), "-o", str(out), "--json", str(report),
-               *flags)
-    assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 @pytest.mark.browser

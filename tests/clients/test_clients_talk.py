@@ -9,36 +9,14 @@ import sys
 import httpx
 import soundfile as sf
 
+from tests.clients.conftest import cli, talk
 from tests.helpers import REPO
-
-
-def talk(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", "talk", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_talk_writes_the_reply_and_reports_latency(fake_server, hello_wav, tmp_path):
     ws = fake_server.replace("http", "ws") + "/v1/realtime"
     out, report = tmp_path / "reply.wav", tmp_path / "talk.json"
-    proc = talk(
-        "--url",
-        ws,
-        "--file",
-        str(hello_wav),
-        "--speed",
-        "4",
-        "-o",
-        str(out),
-        "--transcribe",
-        "--json",
-        str(report),
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = talk(ws, hello_wav, out, report, "--speed", "4", "--transcribe", timeout=60)
     audio, rate = sf.read(out)
     assert rate == 24_000
     assert abs(len(audio) / rate - 3.0) < 0.05  # the fake server's whole 3 s reply
@@ -54,21 +32,7 @@ def test_talk_writes_the_reply_and_reports_latency(fake_server, hello_wav, tmp_p
 def test_talk_interrupt_after_cuts_the_reply(fake_server, hello_wav, tmp_path):
     ws = fake_server.replace("http", "ws") + "/v1/realtime"
     out, report = tmp_path / "reply.wav", tmp_path / "talk.json"
-    proc = talk(
-        "--url",
-        ws,
-        "--file",
-        str(hello_wav),
-        "--speed",
-        "2",
-        "--interrupt-after",
-        "800",
-        "-o",
-        str(out),
-        "--json",
-        str(report),
-    )
-    assert proc.returncode == 0, proc.stderr
+    talk(ws, hello_wav, out, report, "--speed", "2", "--interrupt-after", "800", timeout=60)
     turns = json.loads(report.read_text())["turns"]
     assert len(turns) == 2
     first, second = turns
@@ -86,7 +50,8 @@ def test_talk_interrupt_after_cuts_the_reply(fake_server, hello_wav, tmp_path):
 def test_talk_reports_a_refused_connection(tmp_path, hello_wav):
     from tests.helpers import free_port
 
-    proc = talk("--url", f"ws://127.0.0.1:{free_port()}/v1/realtime", "--file", str(hello_wav))
+    proc = cli("talk", "--url", f"ws://127.0.0.1:{free_port()}/v1/realtime", "--file",
+               str(hello_wav), timeout=60)
     assert proc.returncode == 1
     assert "cannot connect" in proc.stderr
 
@@ -94,7 +59,8 @@ def test_talk_reports_a_refused_connection(tmp_path, hello_wav):
 def test_talk_reports_an_unreadable_file(fake_server, tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all")
-    proc = talk("--url", fake_server.replace("http", "ws") + "/v1/realtime", "--file", str(bad))
+    proc = cli("talk", "--url", fake_server.replace("http", "ws") + "/v1/realtime",
+               "--file", str(bad), timeout=60)
     assert proc.returncode == 2
     assert "cannot read audio file" in proc.stderr
 
